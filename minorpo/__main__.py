@@ -1,0 +1,5 @@
+import sys
+
+from minorpo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared test helpers. Tests are hermetic: tiny models and tokenizers are built in-process.
+
+Real-model tests are opt-in: set MINORPO_TEST_MODEL to the folder printed by
+../shared/tools/make-smollm2-fixture (and MINORPO_TEST_DATA to the HH-RLHF .jsonl.gz for data tests).
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The SmolLM2 fixture folder, or skip."""
+    path = os.environ.get("MINORPO_TEST_MODEL")
+    if not path:
+        pytest.skip("MINORPO_TEST_MODEL not set (build it with ../shared/tools/make-smollm2-fixture)")
+    if not Path(path, "config.json").exists():
+        pytest.skip(f"MINORPO_TEST_MODEL={path} has no config.json")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def hh_rlhf_file() -> Path:
+    """The HH-RLHF harmless-base test file from ../shared, or skip."""
+    path = os.environ.get("MINORPO_TEST_DATA")
+    if not path:
+        guess = Path(__file__).resolve().parents[1].parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+        path = str(guess) if guess.exists() else ""
+    if not path or not Path(path).exists():
+        pytest.skip("HH-RLHF file not found (set MINORPO_TEST_DATA or keep ../shared beside the checkout)")
+    return Path(path)
+
+
+def assert_close(actual, expected, *, rtol, atol, what=""):
+    """torch.testing.assert_close that also prints the max and mean absolute difference."""
+    actual = torch.as_tensor(actual)
+    expected = torch.as_tensor(expected)
+    diff = (actual.double() - expected.double()).abs()
+    msg = f"{what}: max |diff| {diff.max().item():.3e}, mean |diff| {diff.mean().item():.3e}"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}")
