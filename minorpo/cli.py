@@ -12,6 +12,7 @@ import sys
 # subcommand name -> module that defines add_cli(subparsers)
 COMMANDS = {
     "generate": "minorpo.generate",
+    "data": "minorpo.data_inspect",
 }
 
 

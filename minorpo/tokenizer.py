@@ -262,3 +262,30 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, eos={self.eos_token!r}, "
                 f"pad={self.pad_token!r}, chat_template={'yes' if self.chat_template else 'no'})")
+
+
+# files a hub download of a tokenizer fetches (nothing else: no weights, no code)
+HUB_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"]
+
+
+def load_tokenizer(model_id_or_dir, revision: str | None = None) -> Tokenizer:
+    """Tokenizer.from_dir of a local folder, or of a hub model id fetched with its tokenizer files only."""
+    import os
+
+    path = Path(model_id_or_dir).expanduser()
+    if path.is_dir():
+        return Tokenizer.from_dir(path)
+    name = str(model_id_or_dir)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name!r} is not a folder (and does not look like a hub id such as 'org/name')")
+    from huggingface_hub import snapshot_download  # only hub ids need it
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        folder = snapshot_download(name, revision=revision, allow_patterns=HUB_TOKENIZER_FILES,
+                                   local_files_only=offline)
+    except Exception as e:  # offline, unknown or gated repo, network error
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
+        raise FileNotFoundError(f"{name!r} is not a local folder, and fetching its tokenizer from the Hugging Face "
+                                f"Hub failed ({why}). Pass a folder holding tokenizer.json.") from e
+    return Tokenizer.from_dir(folder)

@@ -1,0 +1,171 @@
+"""Where preference rows come from: local files (.jsonl, .jsonl.gz, .json, .parquet), folders, hub datasets.
+
+`iter_rows(source, ...)` yields `(where, row)` pairs: `where` is "file:line" (JSON Lines), "file:row N"
+(a .json list or a parquet table; N counts from 1), and `row` is whatever the file holds there. Checking that a
+row has the right keys and types is data.py's job; this file only guarantees that each row is a JSON object
+and fails, naming the file and line, when a file itself is malformed (bad JSON, wrong top-level type, corrupt
+gzip, unknown extension).
+
+A folder or a hub dataset holds many files; `select_files` picks them by `data_files` (a glob on the path inside
+the folder/repo) and/or `split` (a file named `<split>.<ext>` or `<split>-00000-of-00001.<ext>`, or a folder
+named `<split>`), the way hub datasets are laid out.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import json
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class DataFileError(ValueError):
+    """A data file (or a dataset source) that cannot be read; the message names the file and line."""
+
+
+def _ext(name: str) -> str | None:
+    return next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataFileError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataFileError(f"{path}:{lineno}: expected one JSON object per line, "
+                                        f"got {type(row).__name__}")
+                yield f"{path.name}:{lineno}", row
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _read_json(path: Path, split: str | None) -> Iterator[tuple[str, dict]]:
+    try:
+        with _open_text(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno}); "
+                            f"a .json file holds one list of row objects (use .jsonl for one row per line)") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    if isinstance(data, dict) and isinstance(data.get(split or "train"), list):  # {"train": [...], "test": [...]}
+        data = data[split or "train"]
+    if not isinstance(data, list):
+        keys = f" with keys {sorted(data)[:8]}" if isinstance(data, dict) else ""
+        raise DataFileError(f"{path}: the top level must be a list of row objects (or {{split: list}}), "
+                            f"got {type(data).__name__}{keys}")
+    for i, row in enumerate(data, 1):
+        if not isinstance(row, dict):
+            raise DataFileError(f"{path}: row {i} of the top-level list is {type(row).__name__}, expected an object")
+        yield f"{path.name}:row {i}", row
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataFileError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow), "
+                            f"or convert the file to .jsonl") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid etc.
+        raise DataFileError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
+    for i, row in enumerate(table.to_pylist(), 1):
+        yield f"{path.name}:row {i}", row
+
+
+def read_file(path, split: str | None = None) -> Iterator[tuple[str, dict]]:
+    """Rows of one local file, with their location."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} not found")
+    ext = _ext(path.name)
+    if ext in (".jsonl", ".jsonl.gz"):
+        yield from _read_jsonl(path)
+    elif ext in (".json", ".json.gz"):
+        yield from _read_json(path, split)
+    elif ext == ".parquet":
+        yield from _read_parquet(path)
+    else:
+        raise DataFileError(f"{path}: unsupported file type; supported: {', '.join(EXTENSIONS)}")
+
+
+def select_files(files: list[str], split: str | None = None, data_files: str | None = None) -> list[str]:
+    """The data files among `files` (paths inside a folder or repo) matching data_files (glob) and split.
+
+    split None means "train" unless data_files is given (then data_files alone decides).
+    """
+    candidates = sorted(f for f in files if _ext(f))
+    if data_files:
+        candidates = [f for f in candidates if fnmatch.fnmatch(f, data_files)]
+    if split is None and not data_files:
+        split = "train"
+    if split is not None:
+        def is_split(f: str) -> bool:
+            parts = f.split("/")
+            stem = parts[-1][: -len(_ext(parts[-1]))]
+            return split in parts[:-1] or stem == split or stem.startswith(split + "-")
+        candidates = [f for f in candidates if is_split(f)]
+    if not candidates:
+        shown = ", ".join(sorted(f for f in files if _ext(f))[:20]) or "none"
+        raise DataFileError(f"no data file matches split={split!r} data_files={data_files!r}; "
+                            f"data files available: {shown}")
+    return candidates
+
+
+def resolve_files(source, split: str | None = None, data_files: str | None = None,
+                  revision: str | None = None) -> list[Path]:
+    """Local paths of the data files of `source`: a file, a folder, or a hub dataset id ("org/name")."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+        return [path / f for f in select_files(files, split, data_files)]
+    if not HUB_ID.match(str(source)) or str(source).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"data source {source!r}: no such file or folder (and not a hub id 'org/name')")
+    return _hub_files(str(source), split, data_files, revision)
+
+
+def _hub_files(repo_id: str, split, data_files, revision) -> list[Path]:
+    """Download the selected files of a hub dataset (only those) into the HF cache."""
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download  # only hub sources need it
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        if offline:  # the cache may hold a snapshot from an earlier run
+            local = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
+            files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+            return [local / f for f in select_files(files, split, data_files)]
+        files = HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision)
+        return [Path(hf_hub_download(repo_id, f, repo_type="dataset", revision=revision))
+                for f in select_files(files, split, data_files)]
+    except DataFileError:
+        raise
+    except Exception as e:  # offline, unknown repo, gated repo, network error
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
+        raise DataFileError(f"data source {repo_id!r} is not a local file or folder, and fetching it as a hub "
+                            f"dataset failed ({why}). Pass a local .jsonl/.json/.parquet file or go online.") from e
+
+
+def iter_rows(source, split: str | None = None, data_files: str | None = None,
+              revision: str | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every row of every selected file of source, in order."""
+    for path in resolve_files(source, split, data_files, revision):
+        yield from read_file(path, split)
