@@ -107,10 +107,11 @@ def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]    # (B, T)
     elif tuple(position_ids.shape) != (B, T):
         raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected {(B, T)}")
-    key_positions = position_ids if kv_cache is None else (
-        position_ids if kv_cache.positions is None else torch.cat([kv_cache.positions, position_ids], 1))
+    key_positions = position_ids                                                          # (B, S)
     if kv_cache is not None:
-        kv_cache.positions = key_positions                                                # (B, S)
+        if kv_cache.positions is not None:
+            key_positions = torch.cat([kv_cache.positions, position_ids], dim=1)          # (B, S)
+        kv_cache.positions = key_positions
 
     masks = {}
     for window in windows:
