@@ -20,6 +20,8 @@ Shared-prompt layout (collate_shared_prompt): one row holds prompt + chosen + re
   which is why chosen and rejected targets are separate tensors.
   Also prompt_lengths, chosen_lengths, rejected_lengths [B]. Padding is on the right; a padding position attends
   to the prompt and earlier padding only (so no attention row is empty) and has no target.
+  DataConfig.max_length caps prompt + ONE response, so a shared row can be up to max_length + the longer
+  response's length; it is still shorter than the two padded rows together (the prompt is there once).
 Both layouts give the same per-sequence log-probs (tests/test_collate.py checks it on a tiny model).
 """
 

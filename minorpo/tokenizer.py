@@ -13,6 +13,11 @@ bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token whe
 the rendered text WITHOUT adding special tokens (the template writes them itself). tests/test_tokenizer.py checks
 the ids against transformers, token for token.
 
+Encoding uses tokenizer.json exactly as written. transformers 5 instead builds a class named by
+tokenizer_class; some classes rebuild the pipeline from the vocabulary and merges (GPT-2, Qwen2: same ids for a
+byte-level BPE, tested). A class whose rebuilt pipeline differs from its own tokenizer.json could give other ids
+there; the tests cover the generic backend (SmolLM2's), GPT-2, Qwen2 and Llama tokenizer classes on byte-level BPE.
+
 Only `tokenizers` and `jinja2` are used here; nothing imports transformers.
 """
 

@@ -220,3 +220,16 @@ def hh_rlhf_file_or_none(request):
         return request.getfixturevalue("hh_rlhf_file")
     except pytest.skip.Exception:
         return None
+
+
+@pytest.mark.parametrize("cls", ["GPT2Tokenizer", "Qwen2Tokenizer", "LlamaTokenizer"])
+def test_byte_level_bpe_under_model_specific_tokenizer_class(tmp_path, cls):
+    """transformers 5 builds a model-specific class from tokenizer_class (GPT-2, Qwen2 rebuild the pipeline from
+    vocab and merges; Llama falls back to the generic backend for a byte-level file). For a byte-level BPE the ids
+    must still be those of tokenizer.json, which is all minorpo reads."""
+    ours, hf = load_both(bpe_tokenizer(tmp_path, config={"tokenizer_class": cls}))
+    for text in TEXTS:
+        for special in (False, True):
+            assert ours.encode(text, add_special_tokens=special) == hf.encode(text, add_special_tokens=special)
+    for messages in CONVERSATIONS.values():
+        assert ours.apply_chat_template(messages, add_generation_prompt=True) == hf_chat_ids(hf, messages, True)
