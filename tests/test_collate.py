@@ -158,3 +158,29 @@ def test_shared_prompt_layout_in_transformers():
         assert_close(hf_shared, hf_ref[s], rtol=0, atol=1e-5, what=f"transformers {s}: shared vs padded")
         assert_close(sequence_logps(ours_logits, sh[f"{s}_targets"]), hf_shared, rtol=0, atol=1e-5,
                      what=f"minorpo vs transformers {s}, shared layout")
+
+
+def test_both_layouts_through_minorpo_logprobs():
+    """What the training loop does: hidden states -> minorpo.logprobs.token_logps (chunked) -> Eq. 3 mean per
+    sequence. Padded layout with shift_labels, shared layout with its two target tensors scored in one pass; both
+    layouts give the same log P(y|x). Tolerance 1e-5 absolute: fp32 summation order only, as above."""
+    from minorpo.logprobs import sequence_logps as eq3_mean
+    from minorpo.logprobs import shift_labels, token_logps
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_hf(LLAMA)).eval()
+    W = model.lm_head.weight
+    pairs = random_pairs(seed=2)
+    with torch.no_grad():
+        padded = collate_padded(pairs, pad_token_id=0, padding_side="left")
+        ref = {}
+        for s in ("chosen", "rejected"):
+            hidden = model(padded[f"{s}_input_ids"], attention_mask=padded[f"{s}_attention_mask"], return_hidden=True)
+            targets = shift_labels(padded[f"{s}_labels"], padded[f"{s}_attention_mask"])
+            ref[s] = eq3_mean(token_logps(hidden, W, targets, chunk_size=7), targets)
+        sh = collate_shared_prompt(pairs, pad_token_id=0)
+        hidden = model(sh["input_ids"], attention_mask=sh["attention_mask"], position_ids=sh["position_ids"],
+                       return_hidden=True)
+        chosen, rejected = token_logps(hidden, W, (sh["chosen_targets"], sh["rejected_targets"]), chunk_size=7)
+    assert_close(eq3_mean(chosen, sh["chosen_targets"]), ref["chosen"], rtol=0, atol=1e-5, what="chosen")
+    assert_close(eq3_mean(rejected, sh["rejected_targets"]), ref["rejected"], rtol=0, atol=1e-5, what="rejected")
