@@ -15,7 +15,7 @@ from conftest import assert_close
 
 from minorpo.collate import collate_padded, collate_shared_prompt
 from minorpo.data import TokenizedPair
-from minorpo.logprobs import IGNORE_INDEX, shift_labels
+from minorpo.logprobs import IGNORE_INDEX
 from minorpo.loss import (PRESETS, TokenLogps, dpo_loss, get_conventions, log1mexp, log_odds, log_odds_ratio,
                           loss_from_token_logps, nll_loss, odds_ratio_loss, odds_ratio_loss_grad,
                           odds_ratio_loss_grad_logits, orpo_gradient, orpo_loss, orpo_loss_from_logits,
@@ -434,4 +434,3 @@ def test_token_logps_container_roundtrip():
     assert abs(m_trl["nll_loss"] - (LOG(2) + 3 * LOG(8)) / 4) < 1e-14
     assert abs(m_paper["nll_loss"] - (LOG(2) + LOG(8)) / 2) < 1e-14
     assert "logits/chosen" not in m_trl  # unknown without logits
-    assert shift_labels is not None
