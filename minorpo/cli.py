@@ -1,8 +1,8 @@
 """The `minorpo` command line: one subcommand per module that has one.
 
 Each module listed in COMMANDS defines `add_cli(subparsers)`, which adds its own subparser and
-sets `func` (called with the parsed args; its return value is the exit status). Modules are
-imported only when needed, so `minorpo --help` stays fast.
+sets `func` (called with the parsed args; its return value is the exit status). Only the
+module of the command being run is imported; `minorpo --help` imports them all to list them.
 """
 
 import argparse
@@ -13,23 +13,27 @@ import sys
 COMMANDS = {
     "generate": "minorpo.generate",
     "data": "minorpo.data_inspect",
+    "train": "minorpo.train",
+    "plot": "minorpo.plot",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minorpo",
         description="ORPO from scratch: load a model, inspect preference data, train with ORPO/SFT/DPO, "
                     "check other implementations. `minorpo COMMAND --help` explains each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS.values():
-        importlib.import_module(module).add_cli(sub)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).add_cli(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

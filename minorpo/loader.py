@@ -179,8 +179,11 @@ def load(model_id_or_dir, dtype: torch.dtype = torch.float32, revision: str | No
     return model, Tokenizer.from_dir(folder)
 
 
-def save(model, tokenizer, out_dir) -> Path:
-    """Write config.json, model.safetensors (a tied weight stored once) and the tokenizer files to out_dir."""
+def save(model, tokenizer, out_dir, state_dict: dict | None = None) -> Path:
+    """Write config.json, model.safetensors (a tied weight stored once) and the tokenizer files to out_dir.
+
+    state_dict: the weights to write instead of model.state_dict() (e.g. lora.merged_state_dict(model)).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config: ModelConfig = model.config
@@ -188,7 +191,8 @@ def save(model, tokenizer, out_dir) -> Path:
     d = config.to_hf()
     d["dtype"] = d["torch_dtype"] = str(dtype).removeprefix("torch.")  # transformers 5 reads dtype, 4 torch_dtype
     (out / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()
              if not (config.tie_word_embeddings and k == "lm_head.weight")}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:

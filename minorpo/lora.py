@@ -46,9 +46,11 @@ class LoRALinear(nn.Module):
             self.bias.requires_grad_(False)
         self.r, self.alpha = r, alpha
         self.scale = alpha / r
-        # Adapter weights live in fp32 even if the base is bf16 (optimizer state follows the parameter dtype).
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=base.weight.device, dtype=torch.float32)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
+        # Adapter weights live in fp32 even if the base is bf16/fp16 (optimizer state follows the parameter
+        # dtype); a float64 base (tests) keeps float64.
+        dtype = torch.float64 if base.weight.dtype == torch.float64 else torch.float32
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=base.weight.device, dtype=dtype)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=base.weight.device, dtype=dtype)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False

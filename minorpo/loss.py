@@ -268,7 +268,7 @@ class TokenLogps:
 
 
 def loss_from_token_logps(tl: TokenLogps, lam: float | None = None, preset="paper", objective: str = "orpo",
-                          beta: float = 1.0):
+                          beta: float = 1.0, weights: tuple[float, float] = (1.0, 1.0)):
     """(loss, metrics) from per-token log-probs, under a preset's NLL normalization.
 
     objective: "orpo"              L = L_SFT + lam * mean_i L_OR_i                       (Eq. 6)
@@ -280,6 +280,9 @@ def loss_from_token_logps(tl: TokenLogps, lam: float | None = None, preset="pape
       rewards/chosen, rewards/rejected, rewards/accuracies (mean of lam*a > lam*b, strict, as TRL), rewards/margins,
       logps/chosen, logps/rejected (batch means of Eq. 3), logits/chosen, logits/rejected (when known),
       probability_ratio_loss (for that objective).
+    weights = (w_nll, w_pair) multiply L_SFT and the mean pair term: gradient accumulation (objective.py) passes
+    this micro-batch's share of the global batch's tokens and pairs, so that the micro-batch losses add up to the
+    loss of the whole batch. Then loss, nll_loss and sft_loss are reported as those weighted shares.
     """
     conv = get_conventions(preset)
     lam = conv.lam if lam is None else float(lam)
@@ -291,16 +294,17 @@ def loss_from_token_logps(tl: TokenLogps, lam: float | None = None, preset="pape
     chosen, rejected = tl.chosen.to(dtype), tl.rejected.to(dtype)
     a = sequence_logps(chosen, tl.chosen_mask, name="chosen responses")  # Eq. 3  [B]
     b = sequence_logps(rejected, tl.rejected_mask, name="rejected responses")  # Eq. 3  [B]
-    nll = nll_loss(chosen, tl.nll_mask, conv.nll_normalization)  # L_SFT
+    w_nll, w_pair = weights
+    nll = nll_loss(chosen, tl.nll_mask, conv.nll_normalization) * w_nll  # L_SFT
     log_or = log_odds_ratio(a, b)  # Eq. 5  [B]
     l_or = -F.logsigmoid(log_or)  # Eq. 7  [B]
     if objective == "orpo":
-        loss = nll + lam * l_or.mean()  # Eq. 6
+        loss = nll + lam * l_or.mean() * w_pair  # Eq. 6
     elif objective == "sft":
         loss = nll
     else:
         l_pr = probability_ratio_loss(a, b, beta)  # [B]
-        loss = nll + lam * l_pr.mean()
+        loss = nll + lam * l_pr.mean() * w_pair
 
     with torch.no_grad():
         names = ["loss", "nll_loss", "sft_loss", "odds_ratio_loss", "log_odds_ratio", "log_odds_chosen",

@@ -1,0 +1,132 @@
+"""What one training step computes, per method, with gradient accumulation done right.
+
+The loss of a global batch (all micro-batches of one optimizer step, on all ranks) is
+
+    orpo:  L = L_SFT + lam * (1/N) sum_i L_OR_i                      (Eq. 6; loss.py)
+    sft:   L = L_SFT                                                  (the paper's baseline, chosen only)
+    pr:    L = L_SFT + lam * (1/N) sum_i -log sigmoid(beta (a_i - b_i))  (section 7.1's probability ratio)
+    dpo:   L = (1/N) sum_i -log sigmoid(beta (r_w,i - r_l,i))         (reference = LoRA disabled or a frozen copy)
+
+with N the pairs of the GLOBAL batch and L_SFT normalized by the preset's rule over the GLOBAL batch:
+a token mean divides by the NLL tokens of all micro-batches, a sequence mean by N. Each micro-batch
+therefore contributes its own sums divided by global counts (`weights` below), and the micro-batch
+gradients add up to exactly the gradient of the whole batch taken at once. Dividing each micro-batch by
+its *own* token count and then averaging the micro-batches is the bug TRL fixed in #3716: micro-batches
+with few tokens get too much weight.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from minorpo import loss as L
+from minorpo.collate import collate_padded, pad_token_id  # noqa: F401  (pad_token_id re-exported for train.py)
+from minorpo.logprobs import sequence_logps
+from minorpo.lora import lora_disabled, lora_layers
+
+
+@dataclass
+class LossSpec:
+    method: str = "orpo"  # orpo | sft | dpo | pr
+    lam: float = 0.1  # ORPO's lambda
+    beta: float = 0.1  # DPO's beta
+    preset: str = "paper"  # loss conventions (loss.PRESETS)
+    chunk_size: int = 1024  # tokens per chunk of the log-prob computation
+    pad_id: int = 0  # the tokenizer's pad id (the official preset's NLL filter and extra target use it)
+
+
+def collate(pairs, pad_id: int, device) -> dict:
+    """Padded-layout batch of tokenized pairs, on `device`."""
+    return {k: v.to(device) for k, v in collate_padded(pairs, pad_id).items()}
+
+
+def count_targets(pairs, spec: LossSpec) -> dict:
+    """Pairs and NLL tokens of a whole global batch, computed with the same masks the loss uses."""
+    b = collate_padded(pairs, spec.pad_id)
+    _, _, nll_mask = L.preference_targets(b["chosen_input_ids"], b["chosen_attention_mask"], b["chosen_labels"],
+                                          spec.preset, spec.pad_id)
+    return {"pairs": len(pairs), "nll_tokens": int(nll_mask.sum())}
+
+
+def _weights(tl: L.TokenLogps, spec: LossSpec, counts: dict):
+    """Multipliers that turn this micro-batch's means into its share of the global-batch loss."""
+    n = tl.chosen.shape[0]
+    if L.get_conventions(spec.preset).nll_normalization == "token_mean":
+        nll_w = int(tl.nll_mask.sum()) / counts["nll_tokens"]
+    else:
+        nll_w = n / counts["pairs"]
+    return nll_w, n / counts["pairs"]
+
+
+def loss_and_metrics(model, batch: dict, spec: LossSpec, counts: dict, model_for_ref=None, reference=None):
+    """(loss to backpropagate, metrics to add up) for one micro-batch. See the module docstring."""
+    tl = L.preference_logps(model, batch, spec.preset, spec.pad_id, spec.chunk_size)
+    nll_w, pair_w = _weights(tl, spec, counts)
+    if spec.method in ("orpo", "sft", "pr"):
+        objective = "probability_ratio" if spec.method == "pr" else spec.method
+        loss, m = L.loss_from_token_logps(tl, spec.lam, spec.preset, objective, beta=spec.beta,
+                                          weights=(nll_w, pair_w))
+    elif spec.method == "dpo":
+        loss, m = _dpo(tl, batch, spec, model_for_ref, reference, pair_w)
+    else:
+        raise ValueError(f"unknown method {spec.method!r}: orpo, sft, dpo or pr")
+    # loss / nll_loss / sft_loss are already this micro-batch's share; the rest are means over its pairs
+    shares = {k: v for k, v in m.items() if k in ("loss", "nll_loss", "sft_loss")}
+    means = {k: v * pair_w for k, v in m.items() if k not in shares}
+    return loss, {**shares, **means}
+
+
+def _dpo(tl, batch, spec, model, reference, pair_w):
+    """DPO on summed log-probs; the reference is the frozen copy, or the same model with LoRA switched off."""
+    pol_w = sequence_logps(tl.chosen, tl.chosen_mask, average=False)  # [B]
+    pol_l = sequence_logps(tl.rejected, tl.rejected_mask, average=False)  # [B]
+    with torch.no_grad():
+        if reference is not None:
+            ref = L.preference_logps(reference, batch, spec.preset, spec.pad_id, spec.chunk_size)
+        elif lora_layers(model):
+            with lora_disabled(model):
+                ref = L.preference_logps(model, batch, spec.preset, spec.pad_id, spec.chunk_size)
+        else:
+            raise ValueError("DPO needs a reference model: use LoRA (the disabled adapter) or pass a frozen copy")
+        ref_w = sequence_logps(ref.chosen, ref.chosen_mask, average=False)
+        ref_l = sequence_logps(ref.rejected, ref.rejected_mask, average=False)
+    losses, rew_w, rew_l = L.dpo_loss(pol_w, pol_l, ref_w, ref_l, spec.beta)
+    loss = losses.mean() * pair_w
+    a = sequence_logps(tl.chosen, tl.chosen_mask).detach()
+    b = sequence_logps(tl.rejected, tl.rejected_mask).detach()
+    metrics = {"loss": float(loss), "rewards/chosen": float(rew_w.mean()), "rewards/rejected": float(rew_l.mean()),
+               "rewards/accuracies": float((rew_w > rew_l).float().mean()),
+               "rewards/margins": float((rew_w - rew_l).mean()),
+               "logps/chosen": float(a.mean()), "logps/rejected": float(b.mean()),
+               "log_odds_chosen": float(L.log_odds_ratio(a, b).mean())}
+    return loss, metrics
+
+
+def finish_metrics(sums: dict, world: int) -> dict:
+    """Global-batch metrics from the summed micro-batch contributions, already averaged over ranks.
+
+    Every contribution was divided by the GLOBAL pair or token count, so the sum over all ranks is the global
+    value; the rank average (what the all-reduce mean gives) is 1/world of it.
+    """
+    return {k: v * world for k, v in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model, pairs, pad_id: int, spec: LossSpec, batch_size: int, device) -> dict:
+    """Held-out metrics: mean log-probs of chosen and rejected (Eq. 3), log odds ratio (Eq. 5), preference
+    accuracy (fraction with log OR > 0), NLL of chosen responses (per-token mean over all held-out tokens),
+    and the ORPO loss of the preset at this lambda."""
+    a_all, b_all, nll_sum, nll_n = [], [], 0.0, 0
+    for i in range(0, len(pairs), batch_size):
+        batch = collate(pairs[i:i + batch_size], pad_id, device)
+        tl = L.preference_logps(model, batch, "paper", pad_id, spec.chunk_size)
+        a_all.append(sequence_logps(tl.chosen, tl.chosen_mask).float())
+        b_all.append(sequence_logps(tl.rejected, tl.rejected_mask).float())
+        nll_sum += float(-torch.where(tl.chosen_mask, tl.chosen.float(), 0.0).sum())
+        nll_n += int(tl.chosen_mask.sum())
+    a, b = torch.cat(a_all), torch.cat(b_all)
+    log_or = L.log_odds_ratio(a, b)
+    return {"logps/chosen": float(a.mean()), "logps/rejected": float(b.mean()),
+            "log_odds_chosen": float(log_or.mean()), "rewards/accuracies": float((log_or > 0).float().mean()),
+            "odds_ratio_loss": float(L.odds_ratio_loss(a, b).mean()), "nll_loss": nll_sum / max(nll_n, 1),
+            "pairs": len(pairs)}

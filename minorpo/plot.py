@@ -1,0 +1,120 @@
+"""`minorpo plot RUN_DIR`: PNG plots of a run's metrics.jsonl (matplotlib, no display needed).
+
+Writes RUN_DIR/plots/loss.png, logps.png and log_odds.png. Each plot shows what was logged: training
+metrics per step (thin line) with a moving average (thick), and held-out evaluations as markers.
+"""
+
+import json
+from pathlib import Path
+
+
+def read_metrics(run_dir) -> list:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a minorpo run folder?")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"{path}, line {i}: not JSON ({e})") from None
+    return rows
+
+
+def series(rows, key):
+    pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def moving_average(y, k):
+    if k <= 1 or len(y) < k:
+        return y
+    out, acc = [], 0.0
+    for i, v in enumerate(y):
+        acc += v
+        if i >= k:
+            acc -= y[i - k]
+        out.append(acc / min(i + 1, k))
+    return out
+
+
+def _line(ax, rows, key, label, color, smooth):
+    x, y = series(rows, key)
+    if not x:
+        return False
+    ax.plot(x, y, color=color, alpha=0.3, linewidth=0.8)
+    ax.plot(x, moving_average(y, smooth), color=color, linewidth=2, label=f"{label} (train, moving avg {smooth})")
+    return True
+
+
+def _points(ax, rows, key, label, color):
+    x, y = series(rows, key)
+    if x:
+        ax.plot(x, y, "o--", color=color, markersize=5, label=f"{label} (held-out)")
+    return bool(x)
+
+
+def plot_run(run_dir, smooth: int = 0) -> list:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    train_rows = [r for r in rows if "loss" in r]
+    smooth = smooth or max(1, len(train_rows) // 20)
+    cfg_path = run_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    title = f"{cfg.get('method', '?').upper()} on {Path(str(cfg.get('data', '?'))).name}"
+    if cfg.get("method") == "orpo":
+        title += f", λ = {cfg.get('lam')}"
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _line(ax, train_rows, "loss", "total loss", "black", smooth)
+    _line(ax, train_rows, "nll_loss", "NLL (L_SFT)", "tab:blue", smooth)
+    _line(ax, train_rows, "odds_ratio_loss", "L_OR", "tab:red", smooth)
+    _points(ax, rows, "eval_nll_loss", "NLL", "tab:blue")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats)", title=f"Loss — {title}")
+    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(out / "loss.png", dpi=120), plt.close(fig)
+    written.append(out / "loss.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _line(ax, train_rows, "logps/chosen", "chosen", "tab:green", smooth)
+    _line(ax, train_rows, "logps/rejected", "rejected", "tab:red", smooth)
+    _points(ax, rows, "eval_logps/chosen", "chosen", "darkgreen")
+    _points(ax, rows, "eval_logps/rejected", "rejected", "darkred")
+    ax.set(xlabel="optimizer step", ylabel="mean per-token log-prob (nats, Eq. 3)",
+           title=f"Chosen vs rejected log-probabilities — {title}")
+    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(out / "logps.png", dpi=120), plt.close(fig)
+    written.append(out / "logps.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _line(ax, train_rows, "log_odds_chosen", "log odds ratio", "tab:purple", smooth)
+    _points(ax, rows, "eval_log_odds_chosen", "log odds ratio", "indigo")
+    ax.axhline(0, color="gray", linewidth=0.8)
+    x, acc = series(rows, "eval_rewards/accuracies")
+    if x:
+        ax2 = ax.twinx()
+        ax2.plot(x, acc, "s:", color="tab:orange", label="preference accuracy (held-out)")
+        ax2.set_ylabel("preference accuracy (log OR > 0)"), ax2.set_ylim(0, 1)
+        ax2.legend(fontsize=8, loc="lower right")
+    ax.set(xlabel="optimizer step", ylabel="log OR(y_w, y_l) (nats, Eq. 5)", title=f"Log odds ratio — {title}")
+    ax.grid(alpha=0.3), ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout(), fig.savefig(out / "log_odds.png", dpi=120), plt.close(fig)
+    written.append(out / "log_odds.png")
+    return written
+
+
+def add_cli(subparsers):
+    p = subparsers.add_parser("plot", help="plot a run's metrics (loss, chosen vs rejected log-probs, log odds)",
+                              description=__doc__)
+    p.add_argument("run_dir", help="a run folder written by `minorpo train` (holds metrics.jsonl)")
+    p.add_argument("--smooth", type=int, default=0, help="moving-average window in steps (default: steps/20)")
+    p.set_defaults(func=lambda a: [print(path) for path in plot_run(a.run_dir, a.smooth)] and 0)

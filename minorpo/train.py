@@ -1,0 +1,418 @@
+"""The training loop: ORPO, and SFT and DPO for comparison. Read it top to bottom.
+
+    minorpo train --model M --data D --method orpo --lam 0.1 --lora-r 16 --out runs/orpo
+
+What one optimizer step does (global batch = batch_size x grad_accum x world_size pairs):
+  1. take the step's pairs from a seeded per-epoch permutation (so the data position is a function of the step),
+  2. for each micro-batch: one forward over chosen and rejected rows, the loss of the method, backward,
+     with the loss *normalized by the whole global batch's pair and token counts* so that accumulating
+     micro-batches (or ranks) gives exactly the gradient of the whole batch taken at once,
+  3. clip the gradient norm, AdamW step, learning-rate schedule step,
+  4. log metrics (TRL's names) to RUN/metrics.jsonl; evaluate held-out pairs every eval_every steps;
+     checkpoint every save_every steps (atomically; --resume continues from the newest intact one).
+At the end: the LoRA adapter as a PEFT folder (RUN/adapter) and a merged, transformers-loadable model (RUN/final).
+
+Under torchrun the same script runs DistributedDataParallel (nccl on CUDA, gloo on CPU): each rank takes its
+share of every global batch, metrics are averaged across ranks, and rank 0 alone writes files.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from minorpo import objective
+from minorpo.checkpoint import latest_valid_checkpoint, load_checkpoint, save_checkpoint
+from minorpo.fileio import atomic_write
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train
+    model: str = field(default="", metadata={"help": "hub id or local folder (config.json + *.safetensors + tokenizer.json)"})
+    data: str = field(default="", metadata={"help": "preference data: a local .jsonl/.json/.jsonl.gz/.parquet file or a hub dataset id"})
+    out: str = field(default="runs/minorpo", metadata={"help": "run folder: metrics.jsonl, checkpoints/, adapter/, final/, plots"})
+    method: str = field(default="orpo", metadata={"help": "orpo (L_SFT + lam*L_OR, Eq. 6), sft (NLL of chosen only), dpo (beta, reference = base model), "
+                                                          "pr (section 7.1's probability-ratio variant: L_SFT + lam * -log sigmoid(beta * (a - b)))",
+                                                  "choices": ["orpo", "sft", "dpo", "pr"]})
+    lam: float = field(default=0.1, metadata={"help": "ORPO's lambda, the weight of the odds-ratio term (TRL calls it beta; paper uses 0.1-1.0)"})
+    beta: float = field(default=0.1, metadata={"help": "DPO's beta (--method dpo), or the probability ratio's beta (--method pr)"})
+    preset: str = field(default="paper", metadata={"help": "loss conventions (which tokens the NLL covers, how it is normalized): see minorpo/loss.py",
+                                                   "choices": ["paper", "trl", "official", "llamafactory"]})
+    # --- LoRA (r = 0 means full fine-tuning)
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank; 0 = full fine-tuning of every weight"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha: the update is scaled by alpha/r"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    lora_targets: str = field(default="attention", metadata={"help": "'attention' (q,k,v,o), 'all-linear', or a comma list of module names"})
+    # --- optimization
+    lr: float = field(default=8e-6, metadata={"help": "peak learning rate (paper: 8e-6 for full ORPO fine-tuning; LoRA usually needs more)"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw, or sgd (plain gradient descent: its update shows the gradient itself, which the tests use)",
+                                                       "choices": ["adamw", "sgd"]})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warmup steps from 0 to lr"})
+    schedule: str = field(default="cosine", metadata={"help": "decay after warmup (to 0 at max_steps)", "choices": ["cosine", "linear", "constant"]})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps to run"})
+    batch_size: int = field(default=2, metadata={"help": "pairs per micro-batch (per rank)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = no clipping)"})
+    seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and dropout"})
+    # --- data
+    max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response"})
+    max_prompt_length: int = field(default=256, metadata={"help": "prompts longer than this keep their last tokens"})
+    chat_template: bool = field(default=False, metadata={"help": "format with the tokenizer's chat template (else raw text)"})
+    eval_pairs: int = field(default=64, metadata={"help": "pairs held out for evaluation (a seeded split, never trained on)"})
+    eval_every: int = field(default=25, metadata={"help": "evaluate every N steps (and at the start and end)"})
+    max_pairs: int = field(default=0, metadata={"help": "use only the first N usable pairs of the data (0 = all)"})
+    # --- precision, memory, hardware
+    precision: str = field(default="fp32", metadata={"help": "fp32; bf16 (autocast, fp32 weights); bf16-weights (bf16 base weights, fp32 LoRA and optimizer state)",
+                                                     "choices": ["fp32", "bf16", "bf16-weights"]})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward: less memory, ~30% more time"})
+    chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the log-prob computation (memory vs speed)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
+    # --- bookkeeping
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest intact checkpoint in --out"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar with ETA"})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small pieces
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of the peak lr at a step: linear warmup, then cosine / linear decay to 0 at max_steps."""
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = min(1.0, progress)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1.0 - progress
+    return f
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def step_indices(n: int, step: int, global_batch: int, seed: int) -> list:
+    """The data indices of optimizer step `step`: a fresh seeded permutation each epoch, consumed in order.
+
+    The position in the data is a pure function of the step, so resuming at step s needs nothing else.
+    """
+    out = []
+    start = step * global_batch
+    for pos in range(start, start + global_batch):
+        epoch, i = divmod(pos, n)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n, generator=g)[i]))
+    return out
+
+
+class Distributed:
+    """torchrun support: rank / world size, and the few collectives the loop uses. A no-op without torchrun."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.item()
+
+    def mean_dict(self, d: dict) -> dict:
+        if self.world == 1:
+            return d
+        keys = sorted(d)
+        t = torch.tensor([float(d[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: v / self.world for k, v in zip(keys, t.tolist())}
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
+    """Run training; returns the final metrics. `model`, `tokenizer` and tokenized `pairs` may be passed in
+    (the tests do) instead of being loaded from cfg.model / cfg.data."""
+    from minorpo.lora import apply_lora, save_peft_adapter
+
+    device = pick_device(cfg.device)
+    ddp = Distributed(device)
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    log = print if ddp.main else (lambda *a, **k: None)
+    torch.manual_seed(cfg.seed)
+
+    # --- model
+    if model is None:
+        from minorpo.loader import load
+        dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
+        model, tokenizer = load(cfg.model, dtype=dtype)
+    model.to(device)
+    if cfg.lora_r > 0:
+        targets = cfg.lora_targets if cfg.lora_targets in ("attention", "all-linear") else cfg.lora_targets.split(",")
+        apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=targets)
+        model.to(device)
+    elif cfg.precision == "bf16-weights":
+        raise ValueError("--precision bf16-weights keeps fp32 state only for LoRA weights; use it with --lora-r > 0")
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    reference = None
+    if cfg.method == "dpo" and cfg.lora_r == 0:  # full fine-tuning: DPO needs a frozen copy as its reference
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_total/1e6:.1f}M parameters, {n_trainable/1e6:.3f}M trainable "
+        f"({'LoRA r=%d' % cfg.lora_r if cfg.lora_r else 'full fine-tuning'}), device {device}, precision {cfg.precision}")
+    train_model = model
+    if ddp.world > 1:
+        train_model = _DDPModel(torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None))
+
+    # --- data: tokenized pairs, a seeded held-out split
+    if pairs is None:
+        pairs = load_pairs(cfg, tokenizer, out if ddp.main else None, log)
+    if cfg.max_pairs:
+        pairs = pairs[: cfg.max_pairs]
+    split = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(12345)).tolist()
+    eval_set = [pairs[i] for i in split[: cfg.eval_pairs]]
+    train_set = [pairs[i] for i in split[cfg.eval_pairs:]]
+    if not train_set:
+        raise ValueError(f"no training pairs left: {len(pairs)} usable pairs, {cfg.eval_pairs} held out for evaluation")
+    global_batch = cfg.batch_size * cfg.grad_accum * ddp.world
+    log(f"data: {len(train_set)} training pairs, {len(eval_set)} held out; global batch {global_batch} pairs "
+        f"({cfg.batch_size} x {cfg.grad_accum} accumulation x {ddp.world} ranks)")
+    pad_id = objective.pad_token_id(tokenizer)
+
+    # --- optimizer, schedule, resume
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start_step = 0
+    metrics_path = out / "metrics.jsonl"
+    if cfg.resume:
+        ckpt = latest_valid_checkpoint(out, log=log)
+        if ckpt is None:
+            log(f"--resume: no intact checkpoint in {out}/checkpoints, starting from step 0")
+        else:
+            state = load_checkpoint(ckpt, model, optimizer, scheduler)
+            start_step = state["step"]
+            log(f"resumed from {ckpt} (step {start_step}, {state['pairs_seen']} pairs seen)")
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, start_step)
+        atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(asdict(cfg), indent=2)))
+        run_info = {"command": " ".join(sys.argv), "python": platform.python_version(), "torch": torch.__version__,
+                    "device": str(device), "cpu": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(), "world_size": ddp.world,
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+        atomic_write(out / "run_info.json", lambda p: Path(p).write_text(json.dumps(run_info, indent=2)))
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    spec = objective.LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset,
+                              chunk_size=cfg.chunk_size, pad_id=pad_id)
+
+    def evaluate(step):
+        if not eval_set:
+            return {}
+        model.eval()
+        with torch.no_grad(), autocast:
+            ev = objective.evaluate(model, eval_set, pad_id, spec, batch_size=cfg.batch_size, device=device)
+        model.train()
+        ev = ddp.mean_dict(ev) if ddp.world > 1 else ev
+        return {f"eval_{k}": v for k, v in ev.items()}
+
+    # --- the loop
+    model.train()
+    last = {}
+    if start_step == 0:
+        last = evaluate(0)
+        _log_metrics(metrics_path, {"step": 0, **last}, ddp)
+    bar = _progress(cfg, start_step, ddp)
+    t_start = time.time()
+    for step in range(start_step, cfg.max_steps):
+        t0 = time.time()
+        idx = step_indices(len(train_set), step, global_batch, cfg.seed)
+        mine = idx[ddp.rank::ddp.world]  # this rank's share of the global batch
+        micro = [mine[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(cfg.grad_accum)]
+        # normalizers over the whole global batch (all micro-batches, all ranks): see objective.py
+        counts = objective.count_targets([train_set[i] for i in idx], spec)
+        sums = {}
+        for k, chunk in enumerate(micro):
+            batch = objective.collate([train_set[i] for i in chunk], pad_id, device)
+            sync = k == len(micro) - 1 or ddp.world == 1
+            ctx = train_model.no_sync() if (ddp.world > 1 and not sync) else _nullcontext()
+            with ctx:
+                with autocast:
+                    loss, parts = objective.loss_and_metrics(train_model, batch, spec, counts, model_for_ref=model,
+                                                             reference=reference)
+                # DDP averages gradients over ranks; the loss is normalized by global counts, so undo the mean.
+                (loss * ddp.world).backward()
+            for key, v in parts.items():
+                sums[key] = sums.get(key, 0.0) + v
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        row = objective.finish_metrics(ddp.mean_dict(sums), ddp.world)
+        row.update({"step": step + 1, "epoch": (step + 1) * global_batch / len(train_set), "lr": lr,
+                    "grad_norm": float(grad_norm), "step_time": time.time() - t0})
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
+            row.update(evaluate(step + 1))
+        _log_metrics(metrics_path, row, ddp)
+        last = row
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+        if ddp.main and cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_checkpoint(out, step + 1, model, optimizer, scheduler,
+                            {"pairs_seen": (step + 1) * global_batch}, keep=cfg.keep_checkpoints)
+        if ddp.world > 1:
+            dist.barrier()
+    if bar is not None:
+        bar.close()
+
+    # --- export
+    if ddp.main and cfg.max_steps > start_step:
+        from minorpo.loader import save
+        if cfg.lora_r > 0:
+            save_peft_adapter(model, out / "adapter", base_model_name_or_path=cfg.model)
+            save(model, tokenizer, out / "final", state_dict=_merged(model))
+        else:
+            save(model, tokenizer, out / "final")
+        log(f"done: {cfg.max_steps - start_step} steps in {time.time() - t_start:.1f}s; "
+            f"{'adapter in ' + str(out / 'adapter') + ', ' if cfg.lora_r else ''}merged model in {out / 'final'}")
+    ddp.close()
+    return last
+
+
+def load_pairs(cfg: TrainConfig, tokenizer, out, log):
+    """Read and tokenize cfg.data; the report of dropped rows is printed and saved as RUN/data_report.json."""
+    from minorpo.data import DataConfig, load_preferences
+    dcfg = DataConfig(template="chat" if cfg.chat_template else "auto", max_length=cfg.max_length,
+                      max_prompt_length=cfg.max_prompt_length, prompt_truncation="keep_end")
+    ds = load_preferences(cfg.data, tokenizer, dcfg, limit=cfg.max_pairs or None)
+    log(ds.report.format())
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        report = {"rows_read": ds.report.rows_read, "kept": ds.report.kept, "dropped_by_reason": ds.report.counts(),
+                  "prompts_truncated": ds.report.prompts_truncated,
+                  "responses_truncated": ds.report.responses_truncated,
+                  "dropped": [{"where": w, "reason": r, "detail": d} for w, r, d in ds.report.dropped]}
+        atomic_write(out / "data_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=1)))
+    if not ds.examples:
+        raise ValueError(f"{cfg.data}: no usable preference pairs ({ds.report.format()})")
+    return ds.examples
+
+
+def _merged(model):
+    from minorpo.lora import merged_state_dict
+    return merged_state_dict(model)
+
+
+class _DDPModel:
+    """DDP's forward (which arms the gradient all-reduce) with the inner model's attributes (lm_head, config):
+    the loss computes log-probs from the hidden states and model.lm_head.weight, outside the forward."""
+
+    def __init__(self, ddp_model):
+        self.ddp_model = ddp_model
+
+    def __call__(self, *args, **kwargs):
+        return self.ddp_model(*args, **kwargs)
+
+    def no_sync(self):
+        return self.ddp_model.no_sync()
+
+    def __getattr__(self, name):
+        return getattr(self.ddp_model.module, name)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _truncate_metrics(path: Path, step: int):
+    """On resume, drop logged rows after the checkpoint's step: they will be logged again."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, lambda p: Path(p).write_text("".join(line + "\n" for line in keep)))
+
+
+def _log_metrics(path: Path, row: dict, ddp):
+    if ddp.main:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+
+def _progress(cfg, start, ddp):
+    if not (cfg.progress and ddp.main):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=cfg.max_steps, initial=start, desc=f"{cfg.method} training", unit="step", dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line: one flag per TrainConfig field, with the field's help text
+
+
+def add_cli(subparsers):
+    p = subparsers.add_parser("train", help="train with ORPO (or SFT / DPO for comparison)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kw = {"help": (f.metadata.get("help", "") + f" (default: {f.default})").replace("%", "%%")}
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kw)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            p.add_argument(flag, type=typ, default=f.default, required=f.name in ("model", "data"), **kw)
+    p.add_argument("--lambda", dest="lam", type=float, default=argparse.SUPPRESS, help="same as --lam")
+    p.set_defaults(func=_cli_main)
+
+
+def _cli_main(args) -> int:
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    train(cfg)
+    return 0
