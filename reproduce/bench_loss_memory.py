@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from minorpo.logprobs import token_logps  # noqa: E402, token_logps_reference
+from minorpo.logprobs import token_logps, token_logps_reference  # noqa: E402
 from minorpo.memtrack import LiveTensorBytes  # noqa: E402
 
 
