@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and dropout"})
     # --- data
     max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response"})
-    max_prompt_length: int = field(default=256, metadata={"help": "prompts longer than this keep their last tokens"})
+    max_prompt_length: int = field(default=0, metadata={"help": "prompts longer than this keep their last tokens (0 = half of max_length)"})
     chat_template: bool = field(default=False, metadata={"help": "format with the tokenizer's chat template (else raw text)"})
     eval_pairs: int = field(default=64, metadata={"help": "pairs held out for evaluation (a seeded split, never trained on)"})
     eval_every: int = field(default=25, metadata={"help": "evaluate every N steps (and at the start and end)"})
@@ -324,9 +324,9 @@ def load_pairs(cfg: TrainConfig, tokenizer, out, log):
     """Read and tokenize cfg.data; the report of dropped rows is printed and saved as RUN/data_report.json."""
     from minorpo.data import DataConfig, load_preferences
     dcfg = DataConfig(template="chat" if cfg.chat_template else "auto", max_length=cfg.max_length,
-                      max_prompt_length=cfg.max_prompt_length, prompt_truncation="keep_end")
+                      max_prompt_length=cfg.max_prompt_length or cfg.max_length // 2, prompt_truncation="keep_end")
     ds = load_preferences(cfg.data, tokenizer, dcfg, limit=cfg.max_pairs or None)
-    log(ds.report.format())
+    log(ds.report.format(max_rows=5) + (f"\n(every dropped row: {out / 'data_report.json'})" if out else ""))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report = {"rows_read": ds.report.rows_read, "kept": ds.report.kept, "dropped_by_reason": ds.report.counts(),
