@@ -15,6 +15,7 @@ COMMANDS = {
     "data": "minorpo.data_inspect",
     "train": "minorpo.train",
     "plot": "minorpo.plot",
+    "conformance": "minorpo.conformance",
 }
 
 

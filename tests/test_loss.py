@@ -19,7 +19,7 @@ from minorpo.logprobs import IGNORE_INDEX
 from minorpo.loss import (PRESETS, TokenLogps, dpo_loss, get_conventions, log1mexp, log_odds, log_odds_ratio,
                           loss_from_token_logps, nll_loss, odds_ratio_loss, odds_ratio_loss_grad,
                           odds_ratio_loss_grad_logits, orpo_gradient, orpo_loss, orpo_loss_from_logits,
-                          orpo_loss_shared_prompt, probability_ratio_loss)
+                          orpo_loss_shared_prompt, probability_ratio_loss, token_logps_from_logits)
 
 N_ = IGNORE_INDEX
 LOG = math.log
@@ -434,3 +434,18 @@ def test_token_logps_container_roundtrip():
     assert abs(m_trl["nll_loss"] - (LOG(2) + 3 * LOG(8)) / 4) < 1e-14
     assert abs(m_paper["nll_loss"] - (LOG(2) + LOG(8)) / 2) < 1e-14
     assert "logits/chosen" not in m_trl  # unknown without logits
+
+
+def test_accumulation_weights():
+    """weights = (w_nll, w_pair) (gradient accumulation, minorpo/objective.py): loss = w_nll * L_SFT +
+    lam * w_pair * mean L_OR, with loss / nll_loss / sft_loss reported weighted and the other metrics not. Oracle:
+    the unweighted call's own terms, recombined by hand. Tolerance 1e-14 (float64)."""
+    batch, logits = hand_batch()
+    _, plain = orpo_loss_from_logits(logits, logits, batch, "trl", lam=0.3)
+    tl = token_logps_from_logits(logits, logits, batch, "trl")
+    loss, m = loss_from_token_logps(tl, 0.3, "trl", weights=(0.25, 0.5))
+    expected = 0.25 * plain["nll_loss"] + 0.3 * 0.5 * plain["odds_ratio_loss"]
+    assert abs(loss.item() - expected) < 1e-14 and abs(m["loss"] - expected) < 1e-14
+    assert abs(m["nll_loss"] - 0.25 * plain["nll_loss"]) < 1e-14 and m["sft_loss"] == m["nll_loss"]
+    for name in ("odds_ratio_loss", "logps/chosen", "rewards/margins", "log_odds_chosen"):
+        assert m[name] == plain[name]
