@@ -38,7 +38,7 @@ in value only; the gradient passes through unchanged. Then, exactly as the one-s
                  instead of +inf: the rejected response is certain, the worst case; its gradient is huge;
   a = b = 0:     log OR = 0, L_OR = log 2.
 Positive "log-probabilities" are rejected with an error (they mean probabilities or an NLL were passed).
-TRL's log1mexp gives a NaN gradient for a in about (-6e-8, 0) in float32 (torch.where evaluates the unused
+TRL's log1mexp gives a NaN gradient for a in about (-3e-8, 0) in float32 (torch.where evaluates the unused
 log1p(-exp(a)) branch, and 0 * inf = NaN); ours feeds each branch only inputs it is accurate for.
 """
 
