@@ -1,0 +1,170 @@
+# %% [markdown]
+# # Tutorial 3 — Inside a decoder-only model: loading real weights and checking them
+#
+# A checkpoint is a folder: `config.json` (the shape of the network) and `model.safetensors` (named tensors).
+# minorpo's model uses the tensor names of transformers' `LlamaForCausalLM`, so loading is a 1:1 copy. Here we
+# open such a folder ourselves, run the whole forward pass *by hand* with plain tensor operations, and check that
+# minorpo's model (`minorpo.loader.load`) computes the same logits.
+#
+# By default the folder holds a tiny random Llama-family model written in-process (no download, a second).
+# Set MINORPO_TEST_MODEL to a hub-style folder (e.g. SmolLM2-135M-Instruct) to do the same on real weights.
+
+# %%
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from minorpo.config import ModelConfig
+from minorpo.loader import load, load_model, save
+from minorpo.model import build_model
+
+real = os.environ.get("MINORPO_TEST_MODEL")
+if real and Path(real, "model.safetensors").exists():
+    folder = Path(real)
+    print(f"using the real checkpoint in {folder}")
+else:
+    real = None
+    folder = Path(tempfile.mkdtemp()) / "tiny-llama"
+    hf_config = {"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                 "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                 "tie_word_embeddings": True}
+    tiny = build_model(ModelConfig.from_hf(hf_config))
+    torch.manual_seed(0)
+    with torch.no_grad():  # norms away from 1, so a norm applied in the wrong place would show
+        for name, p in tiny.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+    save(tiny, None, folder)  # config.json + model.safetensors, as transformers writes them
+    print(f"wrote a tiny random model to {folder}")
+
+# %% [markdown]
+# ## 1. What is in the folder
+
+# %%
+cfg = json.loads((folder / "config.json").read_text())
+weights = load_file(str(folder / "model.safetensors"))  # {name: tensor}
+for name in sorted(weights)[:12]:
+    print(f"  {name:50s} {tuple(weights[name].shape)}")
+print(f"  ... {len(weights)} tensors in all")
+C, nh = cfg["hidden_size"], cfg["num_attention_heads"]
+nkv = cfg.get("num_key_value_heads", nh)
+hs = cfg.get("head_dim") or C // nh
+n_layers = cfg["num_hidden_layers"]
+theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+eps = cfg.get("rms_norm_eps", 1e-6)
+assert cfg["model_type"] == "llama" and not cfg.get("rope_scaling"), "this walk-through covers plain Llama RoPE"
+print(f"width C={C}, {nh} query heads and {nkv} key/value heads of size {hs}, {n_layers} layers, rope theta {theta}")
+W = {k: v.double() for k, v in weights.items()}  # the hand computation runs in float64
+W_out = W.get("lm_head.weight", W["model.embed_tokens.weight"])  # tied models store the embedding once
+
+# %% [markdown]
+# ## 2. The forward pass by hand
+#
+# For each token: look up its embedding; then in each layer
+#   * RMSNorm: x / sqrt(mean(x^2) + eps) * weight (no mean subtraction, no bias);
+#   * attention: q, k, v projections, split into heads; rotate q and k by position (RoPE: each pair
+#     (x_i, x_{i+hs/2}) turns by angle position * theta^(-2i/hs)); each of the nh query heads reads key/value
+#     head j // (nh/nkv) (grouped-query attention); softmax(q k^T / sqrt(hs)) over earlier tokens only;
+#     o projection; add to the residual stream;
+#   * RMSNorm, then the SwiGLU MLP down(silu(gate(x)) * up(x)); add to the residual stream.
+# Finally one more RMSNorm and the output head gives a logit per vocabulary entry.
+
+# %%
+def rms_norm(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rope(x, pos):  # x: (T, heads, hs)
+    inv_freq = 1.0 / theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)  # (hs/2,)
+    angle = pos[:, None].double() * inv_freq  # (T, hs/2)
+    cos, sin = angle.cos()[:, None], angle.sin()[:, None]  # (T, 1, hs/2)
+    x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def forward_by_hand(ids):  # ids: (T,) -> logits (T, V)
+    T = len(ids)
+    pos = torch.arange(T)
+    x = W["model.embed_tokens.weight"][ids]  # (T, C)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # token t sees tokens 0..t
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        h = rms_norm(x, W[p + "input_layernorm.weight"])
+        q = (h @ W[p + "self_attn.q_proj.weight"].T).view(T, nh, hs)
+        k = (h @ W[p + "self_attn.k_proj.weight"].T).view(T, nkv, hs)
+        v = (h @ W[p + "self_attn.v_proj.weight"].T).view(T, nkv, hs)
+        q, k = rope(q, pos), rope(k, pos)
+        k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (T, nh, hs)
+        scores = torch.einsum("thd,shd->hts", q, k) / hs ** 0.5  # (nh, T, T)
+        attn = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        y = torch.einsum("hts,shd->thd", attn, v).reshape(T, nh * hs)
+        x = x + y @ W[p + "self_attn.o_proj.weight"].T
+        h = rms_norm(x, W[p + "post_attention_layernorm.weight"])
+        gate, up = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
+        x = x + (torch.nn.functional.silu(gate) * up) @ W[p + "mlp.down_proj.weight"].T
+    return rms_norm(x, W["model.norm.weight"]) @ W_out.T  # (T, V)
+
+
+# %% [markdown]
+# ## 3. minorpo's model, loaded from the same folder, must agree
+#
+# The loader checks every tensor name and shape (a missing or unexpected tensor is an error naming it). We load
+# in float64, but minorpo, like transformers, always computes RMSNorm in float32 (`x.float()`), which for a
+# float64 model is a rounding to float32 (relative error 2^-24 = 6e-8) at each of the 2L+1 norms. So the logits
+# agree to about 1e-7, not 1e-15: the tolerance is 1e-5 relative + 1e-6 absolute. A wrong weight, a missing
+# RoPE rotation or a norm in the wrong place changes the logits at the 1e-1 level.
+
+# %%
+model, tokenizer = load(folder, dtype=torch.float64) if real else (load_model(folder, dtype=torch.float64), None)
+if tokenizer is not None:
+    ids = torch.tensor(tokenizer.encode("The capital of France is"))
+else:
+    ids = torch.tensor([5, 17, 3, 42, 8, 99, 23])
+with torch.no_grad():
+    ours = model(ids[None])[0]  # (T, V)
+hand = forward_by_hand(ids)
+diff = (ours - hand).abs().max().item()
+print(f"max |minorpo - by hand| over {hand.numel()} logits: {diff:.2e} (logits up to {hand.abs().max():.1f})")
+assert torch.allclose(ours, hand, rtol=1e-5, atol=1e-6)
+
+# %% [markdown]
+# ## 4. What the logits mean
+#
+# Position t's logits, through a softmax, are the model's distribution over the token *after* position t.
+# The log-probability of the sequence's own next tokens is what ORPO's Eq. 3 averages.
+
+# %%
+logp = torch.log_softmax(hand, dim=-1)  # (T, V)
+next_token_logp = logp[:-1].gather(-1, ids[1:, None])[:, 0]  # (T-1,) log P(token t+1 | tokens <= t)
+print("log P(next token):", [round(v, 3) for v in next_token_logp.tolist()])
+print(f"mean (Eq. 3 over these tokens): {next_token_logp.mean().item():.3f}")
+assert (next_token_logp < 0).all()
+if tokenizer is not None:  # a real model should continue the sentence sensibly
+    from minorpo.generate import generate
+    out = generate(model.float(), ids[None], max_new_tokens=5)
+    print("greedy continuation:", repr(tokenizer.decode(out[0, len(ids):].tolist())))
+
+# %% [markdown]
+# ## 5. An independent oracle (optional): transformers
+#
+# If transformers is installed (it is a test-only dependency of minorpo), its own implementation of the same
+# architecture must agree with both.
+
+# %%
+try:
+    import transformers
+except ImportError:
+    transformers = None
+    print("transformers not installed: skipping the third opinion")
+if transformers is not None:
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float64).eval()
+    with torch.no_grad():
+        theirs = hf(ids[None]).logits[0]
+    print(f"max |transformers - by hand|: {(theirs - hand).abs().max().item():.2e}")
+    assert torch.allclose(theirs, hand, rtol=1e-5, atol=1e-6)  # float32 RMSNorm there too (section 3)
+    assert torch.allclose(theirs, ours, rtol=1e-10, atol=1e-10)  # same operations as minorpo, same roundings
+print("tutorial 3: all checks passed")
