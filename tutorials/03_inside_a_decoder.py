@@ -114,9 +114,10 @@ def forward_by_hand(ids):  # ids: (T,) -> logits (T, V)
 #
 # The loader checks every tensor name and shape (a missing or unexpected tensor is an error naming it). We load
 # in float64, but minorpo, like transformers, always computes RMSNorm in float32 (`x.float()`), which for a
-# float64 model is a rounding to float32 (relative error 2^-24 = 6e-8) at each of the 2L+1 norms. So the logits
-# agree to about 1e-7, not 1e-15: the tolerance is 1e-5 relative + 1e-6 absolute. A wrong weight, a missing
-# RoPE rotation or a norm in the wrong place changes the logits at the 1e-1 level.
+# float64 model is a rounding to float32 (relative error 2^-24 = 6e-8) at each of the 2L+1 norms, carried
+# through the layers that follow. So the logits agree to about 1e-7 on the tiny model and 2e-5 on SmolLM2's 30
+# layers, not 1e-15: the tolerance is 1e-5 of the largest logit. A wrong weight, a missing RoPE rotation or a norm
+# in the wrong place changes the logits at the 1e-1 level.
 
 # %%
 model, tokenizer = load(folder, dtype=torch.float64) if real else (load_model(folder, dtype=torch.float64), None)
@@ -129,7 +130,8 @@ with torch.no_grad():
 hand = forward_by_hand(ids)
 diff = (ours - hand).abs().max().item()
 print(f"max |minorpo - by hand| over {hand.numel()} logits: {diff:.2e} (logits up to {hand.abs().max():.1f})")
-assert torch.allclose(ours, hand, rtol=1e-5, atol=1e-6)
+tol = 1e-5 * hand.abs().max().item()
+assert diff < tol, f"{diff} > {tol}"
 
 # %% [markdown]
 # ## 4. What the logits mean
@@ -165,6 +167,6 @@ if transformers is not None:
     with torch.no_grad():
         theirs = hf(ids[None]).logits[0]
     print(f"max |transformers - by hand|: {(theirs - hand).abs().max().item():.2e}")
-    assert torch.allclose(theirs, hand, rtol=1e-5, atol=1e-6)  # float32 RMSNorm there too (section 3)
+    assert (theirs - hand).abs().max().item() < tol  # float32 RMSNorm there too (section 3)
     assert torch.allclose(theirs, ours, rtol=1e-10, atol=1e-10)  # same operations as minorpo, same roundings
 print("tutorial 3: all checks passed")
