@@ -146,6 +146,7 @@ class Recorder:
     def __init__(self, args, script: str, claim: str):
         self.args, self.script, self.claim = args, script, claim
         self.t0 = time.time()
+        self.load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         if args.threads:
             torch.set_num_threads(args.threads)
         elif args.smoke:  # a tiny model gains nothing from threads, and they spin when other processes share the cores
@@ -176,7 +177,8 @@ class Recorder:
         record = {
             "script": self.script, "claim": self.claim, "preset": self.tag,
             "command": "python " + " ".join([os.path.relpath(sys.argv[0], Path.cwd())] + sys.argv[1:]),
-            "hardware": hardware(self.device), "wall_time_s": round(wall, 1),
+            "hardware": {**hardware(self.device), "load_average_1min_at_start": self.load_at_start},
+            "wall_time_s": round(wall, 1),
             "settings": settings if settings is not None else self.args.settings,
             "model": getattr(self.args, "model_used", self.args.model), "data": getattr(self.args, "data_used", self.args.data),
             "measured": measured, "verdict": verdict, "verdict_reason": reason,

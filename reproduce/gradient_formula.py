@@ -11,7 +11,7 @@ log P(y_l|x), Eq. 3) are taken by autograd, combined with minorpo.loss.orpo_grad
 coefficients, and compared with autograd's gradient of L_OR itself. The parameters are the last decoder layers
 and the final norm (the identity is the chain rule through a and b, so it holds for any subset; a subset keeps
 backward short). Computed in float64 (RMSNorm in float32; see TOL).
-Part 2: for M pairs, delta and the two multipliers dL_OR/da = -delta/(1-P_w), dL_OR/db = delta/(1-P_l):
+Part 2: for M pairs (float32 log-probs), delta and the two multipliers dL_OR/da = -delta/(1-P_w), dL_OR/db = delta/(1-P_l):
 how much of the total push goes to the pairs the model currently gets wrong (log OR < 0).
 
     python reproduce/gradient_formula.py --preset cpu --model PATH --data harmless-base-test.jsonl.gz
@@ -40,7 +40,7 @@ PRESETS = {
               "max_length": 1024, "max_prompt_length": 1024, "n_grad_pairs": 16, "n_weight_pairs": 1000,
               "last_layers": 2},
     "cpu": {"model": "HuggingFaceTB/SmolLM2-135M", "data": C.DEFAULT_DATA, "data_files": "harmless-base/test.jsonl.gz",
-            "max_length": 256, "max_prompt_length": 128, "n_grad_pairs": 12, "n_weight_pairs": 400,
+            "max_length": 128, "max_prompt_length": 64, "n_grad_pairs": 12, "n_weight_pairs": 200,
             "last_layers": 2},
     "smoke": {"max_length": 48, "max_prompt_length": 24, "n_grad_pairs": 3, "n_weight_pairs": 24, "last_layers": 1},
 }
@@ -135,7 +135,9 @@ def main(argv=None):
     max_rel = max(r["rel_error"] for r in per_pair)
     formula_verdict = C.HOLDS if max_rel < TOL else C.FAILS
 
+    model.float()  # part 2 needs only the log-probs: float32 is 2-3x faster on a CPU than float64
     a, b = C.pair_logps(model, pairs[: s["n_weight_pairs"]], pad_id, batch_size=4, device=rec.device)
+    a, b = a.double(), b.double()
     w, log_or, delta = weights(a, b)
     if "delta_diff_t" not in w:
         weight_verdict = C.INCONCLUSIVE  # every pair right (or every pair wrong): nothing to compare
