@@ -17,7 +17,7 @@ compared pair by pair (paired mean difference with its standard error). Sub-clai
     python reproduce/orpo_vs_sft.py --preset cpu --model PATH --data harmless-base-test.jsonl.gz
 """
 
-import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -73,6 +73,20 @@ def main(argv=None):
     gap = C.paired_difference(b_s - b_o, (a_o - a_s).abs())  # how much more rejected moved than chosen
     measured["heldout ORPO - SFT"] = {"chosen": d_chosen, "rejected": d_rejected, "log_odds_ratio": d_log_or,
                                       "rejected_drop_minus_abs_chosen_change": gap}
+    measured["heldout_per_pair"] = {"start": {"chosen": a0, "rejected": b0}, "SFT": {"chosen": a_s, "rejected": b_s},
+                                    "ORPO": {"chosen": a_o, "rejected": b_o}}
+    # Both runs see the same batches in the same order, so at each step ORPO - SFT on the batch is a paired
+    # difference: the batch-to-batch noise (most of the per-batch curves' wiggle) cancels.
+    tr_s, tr_o = ([r for r in runs[n] if "loss" in r] for n in ("SFT", "ORPO"))
+    paired = {}
+    for key in ("logps/chosen", "logps/rejected", "log_odds_chosen"):
+        d = [o[key] - q[key] for o, q in zip(tr_o, tr_s)]
+        half = d[len(d) // 2:]
+        paired[key] = {"trend": C.linear_trend([r["step"] for r in tr_o], d), "second_half": C.mean_se(half)}
+    measured["per_batch ORPO - SFT (same batches)"] = paired
+    # median gradient norm before clipping (steps above max_grad_norm = 1.0 were rescaled), per run
+    measured["grad_norm_median"] = {n: statistics.median(r["grad_norm"] for r in rows if "grad_norm" in r)
+                                    for n, rows in runs.items()}
 
     verdicts["rejected falls under ORPO (per-batch trend)"] = C.trend_verdict(measured["ORPO"]["trend logps/rejected"], "down")
     if d_rejected["t"] < -2 and gap["t"] > 2:
