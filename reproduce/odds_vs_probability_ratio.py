@@ -166,13 +166,15 @@ def plot_training(rec, args, runs):
     w = args.settings["smooth"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = ["tab:blue", "tab:red", "tab:orange", "tab:purple"]
+    styles = ["-", "--", ":", "-."]  # the curves can coincide: line styles keep each one visible
     for ax, side in zip(axes, ("chosen", "rejected")):
-        for color, (name, rows) in zip(colors, runs.items()):
+        for color, style, (name, rows) in zip(colors, styles, runs.items()):
             steps, v = C.column([r for r in rows if "loss" in r], f"logps/{side}")
-            ax.plot(steps, v, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, C.moving_average(v, w), color=color, linewidth=2, label=f"{name}, per batch (mean of {w})")
+            ax.plot(steps, C.moving_average(v, w), style, color=color, linewidth=2.5 if style == "-" else 1.8,
+                    label=f"{name}, per batch (mean of {w})")
             es, ev = C.column(rows, f"eval_logps/{side}")
-            ax.plot(es, ev, "o--", color=color, markersize=4, label=f"{name}, held-out")
+            ax.plot(es, ev, "o" + style, color=color, markersize=5, linewidth=1,
+                    label=f"{name}, held-out ({args.settings['train']['eval_pairs']} pairs)")
         ax.axhline(THRESHOLD, color="gray", linestyle=":", label=f"{THRESHOLD:g}")
         ax.set(xlabel="optimizer step", title=f"{side} responses", ylabel="mean per-token log-prob (nats, Eq. 3)")
         ax.grid(alpha=0.3)
