@@ -123,8 +123,8 @@ def measure_memory(base, mode, method, r, batch, spec, counts, device) -> tuple[
     return peak, breakdown
 
 
-def time_steps(base, mode, r, batch, spec, counts, device, reps) -> dict:
-    """Wall time per step of each method, interleaved, after one warm-up step each."""
+def time_steps(base, mode, r, batch, specs, counts, device, reps) -> dict:
+    """Wall time per step of each method (specs: method -> LossSpec), interleaved, after one warm-up step each."""
     setups = {m: Setup(base, mode, m, r, device) for m in METHODS}
     times = {m: [] for m in METHODS}
     for rep in range(reps + 1):
@@ -132,7 +132,7 @@ def time_steps(base, mode, r, batch, spec, counts, device, reps) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            setups[m].step(batch, spec, counts)
+            setups[m].step(batch, specs[m], counts)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if rep:  # rep 0 is the warm-up
@@ -168,7 +168,7 @@ def main(argv=None):
     chosen = pairs[: s["batch_size"]]
     batch = objective.collate(chosen, pad_id, rec.device)
     spec_kw = dict(lam=1.0, beta=0.1, preset="paper", pad_id=pad_id)
-    specs = {m: objective.LossSpec(method=m if m != "sft" else "orpo", **spec_kw) for m in METHODS}
+    specs = {m: objective.LossSpec(method=m, **spec_kw) for m in METHODS}  # "sft" only gives sft_step_loss its chunk size
     counts = objective.count_targets(chosen, specs["orpo"])
     shape = {"pairs": len(chosen), "padded_length": int(batch["chosen_input_ids"].shape[1]),
              "params": sum(p.numel() for p in base.parameters())}
@@ -182,8 +182,7 @@ def main(argv=None):
             print(f"  peak memory {mode:4s} {m:4s}: {memory[f'{mode}/{m}'] / 2**20:8.1f} MiB", flush=True)
     times, ratios = {}, {}
     for mode in s["time_modes"]:
-        t = time_steps(base, mode, s["lora_r"], batch, specs["orpo"], counts, rec.device, s["time_reps"])
-        # (specs differ only in method; Setup.step picks the method, the spec gives lam/beta/preset)
+        t = time_steps(base, mode, s["lora_r"], batch, specs, counts, rec.device, s["time_reps"])
         for m in METHODS:
             times[f"{mode}/{m}"] = t[m]
             print(f"  step time {mode:4s} {m:4s}: median {statistics.median(t[m]):.3f} s over {len(t[m])}", flush=True)
