@@ -169,7 +169,7 @@ def _dpo(tl, batch, spec, model, reference, pair_w):
     loss = losses.mean() * pair_w
     a = sequence_logps(tl.chosen, tl.chosen_mask).detach()
     b = sequence_logps(tl.rejected, tl.rejected_mask).detach()
-    metrics = {"loss": float(loss), "rewards/chosen": float(rew_w.mean()), "rewards/rejected": float(rew_l.mean()),
+    metrics = {"loss": float(loss.detach()), "rewards/chosen": float(rew_w.mean()), "rewards/rejected": float(rew_l.mean()),
                "rewards/accuracies": float((rew_w > rew_l).float().mean()),
                "rewards/margins": float((rew_w - rew_l).mean()),
                "logps/chosen": float(a.mean()), "logps/rejected": float(b.mean()),
