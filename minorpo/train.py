@@ -19,6 +19,7 @@ share of every global batch, metrics are averaged across ranks, and rank 0 alone
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -128,13 +129,15 @@ def step_indices(n: int, step: int, global_batch: int, seed: int) -> list:
 
     The position in the data is a pure function of the step, so resuming at step s needs nothing else.
     """
-    out = []
     start = step * global_batch
-    for pos in range(start, start + global_batch):
-        epoch, i = divmod(pos, n)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        out.append(int(torch.randperm(n, generator=g)[i]))
-    return out
+    return [epoch_order(n, seed, pos // n)[pos % n] for pos in range(start, start + global_batch)]
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> list:
+    """The seeded permutation of epoch `epoch` (cached: drawn once, not once per pair)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
 
 def bucketed_step_indices(lengths: list, step: int, global_batch: int, seed: int, window: int) -> list:
