@@ -28,9 +28,10 @@ def series(rows, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def moving_average(y, k):
-    if k <= 1 or len(y) < k:
-        return y
+def moving_average(y, k: int) -> list:
+    """Trailing mean over the last k values (fewer at the start); k <= 1 returns the values as they are."""
+    if k <= 1:
+        return list(y)
     out, acc = [], 0.0
     for i, v in enumerate(y):
         acc += v

@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python reproduce/x.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
+from minorpo.plot import moving_average  # noqa: E402,F401  (one trailing mean for the scripts and `minorpo plot`)
+
 HOLDS, FAILS, INCONCLUSIVE = "HOLDS", "DOES NOT HOLD", "INCONCLUSIVE"
 RESULTS = REPO / "reproduce" / "results"
 
@@ -291,17 +293,6 @@ def combine(verdicts) -> str:
     if any(v == FAILS for v in verdicts):
         return FAILS
     return INCONCLUSIVE
-
-
-def moving_average(y, k: int) -> list[float]:
-    """Trailing mean over the last k values (fewer at the start)."""
-    out, acc = [], 0.0
-    for i, v in enumerate(y):
-        acc += v
-        if i >= k:
-            acc -= y[i - k]
-        out.append(acc / min(i + 1, k))
-    return out
 
 
 def first_below(steps, values, threshold: float, window: int):
