@@ -283,9 +283,21 @@ def run_child(args, framework: str, plan_path: Path, extra: dict) -> dict:
         return out
 
 
+def add_run(results: dict, name: str, res: dict):
+    """Keep a run; a repeat of it (--repeats) adds its step times and can only raise its peak memory."""
+    if name not in results:
+        res["step_times_all"] = [res["step_times"]]
+        results[name] = res
+    else:
+        results[name]["step_times_all"].append(res["step_times"])
+        results[name]["peak_memory"] = max(results[name]["peak_memory"], res["peak_memory"])
+        results[name].setdefault("repeat_load_before", []).append(res["load_before"])
+
+
 def summarize(res: dict, warmup: int, pairs_per_step: int) -> dict:
-    """Median step time and rates over the steps after warm-up."""
-    times = res["step_times"][warmup:]
+    """Median step time and rates over the steps after warm-up (of every repeat)."""
+    runs = res.get("step_times_all", [res["step_times"]])
+    times = [t for run in runs for t in run[warmup:]]
     batches = res.get("batches")
     total = sum(times)
     s = {"median_step_s": statistics.median(times), "mean_step_s": total / len(times),
@@ -293,7 +305,7 @@ def summarize(res: dict, warmup: int, pairs_per_step: int) -> dict:
          "setup_memory_bytes": res.get("setup_memory"), "timed_steps": len(times),
          "step1_nll_loss": res["nll_loss"][0], "step1_log_odds_ratio": res["log_odds_ratio"][0]}
     if batches:
-        timed = batches[warmup:warmup + len(times)]
+        timed = batches[warmup:warmup + len(runs[0]) - warmup] * len(runs)
         real = sum(b["real_tokens"] for b in timed)
         computed = sum(b["computed_tokens"] for b in timed)
         ran = sum(b["computed_real"] for b in timed)  # non-padding tokens the model ran
@@ -356,6 +368,8 @@ def main(argv=None) -> int:
                    help="minorpo's torch.compile of the decoder blocks in the comparison with TRL (default on)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads in every child (default 0: torch's default, one per core)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the minorpo / TRL comparison this many times, alternating (default 1)")
     p.add_argument("--no-trl", action="store_true", help="skip TRL (also skipped when trl/peft are not installed)")
     p.add_argument("--ablate", action="store_true", help="also run each minorpo switch on its own (see above)")
     p.add_argument("--variants", help="with --ablate: a comma list of the ablation runs to make (default all: "
@@ -413,33 +427,37 @@ def main(argv=None) -> int:
             if unknown:
                 raise SystemExit(f"--variants: unknown {unknown}; known: {', '.join(ABLATIONS)}")
             runs += [(f"minorpo {name}", ABLATIONS[name]) for name in wanted if ABLATIONS[name] != best]
-        for name, overrides in runs:
-            print(f"running {name} ...", flush=True)
-            res = run_child(args, "minorpo", plan_path, {"overrides": overrides})
-            for b in res["batches"]:
-                b["computed_real"] = computed_real_tokens(b, res["token_counts"], overrides["layout"])
-                if overrides["unpadded"]:  # the rows ran at their own lengths, not at the batch's shape
-                    b["computed_tokens"] = b["computed_real"]
-            results[name] = res
-        ref = results["minorpo"]
-        if have_trl:
-            print("running TRL ...", flush=True)
-            order = [w for b in ref["batches"][:steps] for w in b["where"]]
-            res = run_child(args, "trl", plan_path, {"order": order, "token_counts": ref["token_counts"]})
-            # the same pairs per step; TRL pads the 2B chosen + rejected rows to the batch's longest sequence
-            counts = ref["token_counts"]
-            res["batches"] = []
-            for b in ref["batches"][:steps]:
-                longest = max(counts[w][0] + max(counts[w][1], counts[w][2]) for w in b["where"])
-                res["batches"].append({"where": b["where"], "real_tokens": b["real_tokens"],
-                                       "computed_tokens": 2 * len(b["where"]) * longest,
-                                       "computed_real": computed_real_tokens(b, counts, "padded")})
-            results["TRL"] = res
+        for rep in range(args.repeats):  # repeats alternate minorpo and TRL, so a busy spell hits both
+            tag = f" (repeat {rep + 1} of {args.repeats})" if args.repeats > 1 else ""
+            for name, overrides in (runs if rep == 0 else runs[:1]):
+                print(f"running {name}{tag} ...", flush=True)
+                res = run_child(args, "minorpo", plan_path, {"overrides": overrides})
+                for b in res["batches"]:
+                    b["computed_real"] = computed_real_tokens(b, res["token_counts"], overrides["layout"])
+                    if overrides["unpadded"]:  # the rows ran at their own lengths, not at the batch's shape
+                        b["computed_tokens"] = b["computed_real"]
+                add_run(results, name, res)
+            ref = results["minorpo"]
+            if have_trl:
+                print(f"running TRL{tag} ...", flush=True)
+                order = [w for b in ref["batches"][:steps] for w in b["where"]]
+                res = run_child(args, "trl", plan_path, {"order": order, "token_counts": ref["token_counts"]})
+                # the same pairs per step; TRL pads the 2B chosen + rejected rows to the batch's longest sequence
+                counts = ref["token_counts"]
+                res["batches"] = []
+                for b in ref["batches"][:steps]:
+                    longest = max(counts[w][0] + max(counts[w][1], counts[w][2]) for w in b["where"])
+                    res["batches"].append({"where": b["where"], "real_tokens": b["real_tokens"],
+                                           "computed_tokens": 2 * len(b["where"]) * longest,
+                                           "computed_real": computed_real_tokens(b, counts, "padded")})
+                add_run(results, "TRL", res)
 
     for name, res in results.items():
         summaries.append((name, summarize(res, args.warmup, args.batch_size)))
 
-    print(f"\n{args.steps} timed steps after {args.warmup} warm-up, {args.batch_size} pairs/step, max length "
+    print(f"\n{args.steps} timed steps after {args.warmup} warm-up"
+          + (f" in each of {args.repeats} alternating repeats (ablations: the first only)" if args.repeats > 1 else "")
+          + f", {args.batch_size} pairs/step, max length "
           f"{args.max_length}, LoRA r={args.lora_r} (q,k,v,o), precision {args.precision}, device {args.device}")
     print("tokens/s counts prompt+chosen and prompt+rejected tokens (no padding) for every run; peak mem is "
           + ("torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS of the child process"))
@@ -452,10 +470,11 @@ def main(argv=None) -> int:
         m_ratio = s["minorpo"]["peak_memory_bytes"] / s["TRL"]["peak_memory_bytes"]
         mism = results["TRL"]["token_mismatches"]
         # the same pairs in every step of both runs: step-by-step ratios need no luck in which batches are timed
-        paired = [a / b for a, b in zip(results["minorpo"]["step_times"][args.warmup:],
-                                        results["TRL"]["step_times"][args.warmup:])]
+        mine = [t for run in results["minorpo"]["step_times_all"] for t in run[args.warmup:]]
+        theirs = [t for run in results["TRL"]["step_times_all"] for t in run[args.warmup:]]
+        paired = [a / b for a, b in zip(mine, theirs)]
         paired_median = statistics.median(paired)
-        total_ratio = sum(results["minorpo"]["step_times"][args.warmup:]) / sum(results["TRL"]["step_times"][args.warmup:])
+        total_ratio = sum(mine) / sum(theirs)
         effects["minorpo vs TRL, step by step"] = {"median_of_step_time_ratios": paired_median,
                                                    "total_time_ratio": total_ratio, "step_time_ratios": paired}
         print(f"\nminorpo/TRL: median step time {t_ratio:.3f}x, peak memory {m_ratio:.3f}x, tokens/s "
