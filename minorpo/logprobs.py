@@ -91,34 +91,53 @@ def token_logps_reference(logits: torch.Tensor, targets):
     return out[0] if single else out
 
 
+def _head_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """dtype of the output head's matmuls: autocast's (bf16) when autocast is on, as for lm_head, else hidden's.
+
+    A custom autograd Function's backward runs outside the autocast region, so the dtype is decided once in
+    forward and used again in backward: otherwise the recomputed logits (float32) would not be the ones the
+    forward's logsumexp came from (bf16), and on a GPU the backward's three matmuls would run in float32.
+    """
+    dev = hidden.device.type
+    if (dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev)
+            and hidden.dtype in (torch.float32, torch.float16, torch.bfloat16) and weight.dtype == hidden.dtype):
+        return torch.get_autocast_dtype(dev)
+    return hidden.dtype
+
+
 class ChunkedTokenLogps(torch.autograd.Function):
     """log P(targets) for M positions given their hidden states and the output head weight, chunk by chunk.
 
     forward(hidden [M, H], weight [V, H], targets [K, M] long, chunk_size) -> logps [K, M] (float32/64).
     Saved for backward: hidden, weight, targets and the logsumexp [M]; the logits are recomputed per chunk.
+    The matmuls run in _head_dtype (bf16 under autocast), forward and backward alike; logsumexp, softmax and the
+    weight gradient's sum over chunks in float32 (float64 for float64 inputs).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size):
         acc = _accumulation_dtype(hidden.dtype, weight.dtype)
+        head = _head_dtype(hidden, weight)
+        h, w = hidden.to(head), weight.to(head)  # one cast of the head weight per call, not one per chunk
         M = hidden.shape[0]
         safe = targets.clamp(min=0).long()  # [K, M]; IGNORE_INDEX gathers token 0, zeroed below
         out = torch.empty(targets.shape, dtype=acc, device=hidden.device)  # [K, M]
         lse = torch.empty(M, dtype=acc, device=hidden.device)  # [M]
         for s in range(0, M, chunk_size):
             e = min(s + chunk_size, M)
-            logits = F.linear(hidden[s:e], weight).to(acc)  # [C, V], same values lm_head would give
+            logits = F.linear(h[s:e], w).to(acc)  # [C, V], same values lm_head would give
             lse[s:e] = torch.logsumexp(logits, dim=-1)  # [C]
             out[:, s:e] = logits.gather(1, safe[:, s:e].T).T - lse[s:e]  # [K, C]
         out = out.masked_fill(targets == IGNORE_INDEX, 0.0)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.head = chunk_size, head
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # grad_out [K, M]
         hidden, weight, targets, lse = ctx.saved_tensors
         acc = lse.dtype
+        h, w = hidden.to(ctx.head), weight.to(ctx.head)  # the forward's matmul dtype again
         g = grad_out.to(acc).masked_fill(targets == IGNORE_INDEX, 0.0)  # [K, M]
         g_total = g.sum(0)  # [M]: d/dlogits of sum_k g_k * logp_k = sum_k g_k onehot_k - (sum_k g_k) softmax
         safe = targets.clamp(min=0).long()
@@ -127,14 +146,14 @@ class ChunkedTokenLogps(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None  # [V, H]
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = min(s + ctx.chunk_size, hidden.shape[0])
-            logits = F.linear(hidden[s:e], weight).to(acc)  # [C, V], recomputed
+            logits = F.linear(h[s:e], w).to(acc)  # [C, V], recomputed
             grad_logits = (logits - lse[s:e, None]).exp_().mul_(-g_total[s:e, None])  # -(sum g) softmax  [C, V]
             grad_logits.scatter_add_(1, safe[:, s:e].T, g[:, s:e].T)  # + g_k at target k  [C, V]
-            grad_logits = grad_logits.to(hidden.dtype)
+            grad_logits = grad_logits.to(ctx.head)
             if need_h:
-                grad_h[s:e] = grad_logits @ weight  # [C, H]
+                grad_h[s:e] = grad_logits @ w  # [C, H]
             if need_w:
-                grad_w += (grad_logits.T @ hidden[s:e]).to(acc)  # [V, H], summed over chunks in float32/64
+                grad_w += (grad_logits.T @ h[s:e]).to(acc)  # [V, H], summed over chunks in float32/64
             del logits, grad_logits
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None
 

@@ -259,8 +259,9 @@ def trl_child(args, plan: dict, order: list, token_counts: dict) -> dict:
 # Parent: run the children one after another, summarize
 
 
-def run_child(args, framework: str, plan_path: Path, extra: dict) -> dict:
-    """Run this script as a child process for one framework/configuration; returns its result dict."""
+def run_child(args, framework: str, plan_path: Path, extra: dict, timeout: float | None = None) -> dict:
+    """Run this script as a child process for one framework/configuration; returns its result dict. A child that
+    fails or runs past `timeout` seconds raises SystemExit with the end of its output."""
     with tempfile.TemporaryDirectory() as tmp:
         spec, result = Path(tmp, "spec.json"), Path(tmp, "result.json")
         spec.write_text(json.dumps({"framework": framework, "plan": str(plan_path), **extra}))
@@ -270,11 +271,18 @@ def run_child(args, framework: str, plan_path: Path, extra: dict) -> dict:
                "--device", args.device, "--precision", args.precision, "--threads", str(args.threads)]
         load = os.getloadavg()[0]
         t0 = time.time()
-        # TORCHINDUCTOR_COMPILE_THREADS=1: torch.compile's code generation in the child itself, not in a pool of
-        # worker processes whose memory the child's peak RSS would not count
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-               "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        # On the CPU, TORCHINDUCTOR_COMPILE_THREADS=1: torch.compile's code generation in the child itself, not in a
+        # pool of worker processes whose memory the child's peak RSS would not count (on a GPU the memory measured
+        # is the GPU's, so the pool may work in parallel)
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+        if not args.device.startswith("cuda"):
+            env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            tail = (e.stdout or b"")[-3000:], (e.stderr or b"")[-3000:]
+            raise SystemExit(f"{framework} child ran past {timeout:.0f} s:\n" + "\n".join(
+                t.decode(errors="replace") if isinstance(t, bytes) else t for t in tail))
         if proc.returncode != 0:
             raise SystemExit(f"{framework} child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-6000:]}")

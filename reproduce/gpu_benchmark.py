@@ -147,10 +147,69 @@ def rows_computed(batch: dict, counts: dict, layout: str) -> list:
     return out
 
 
+VARIANTS = {  # minorpo configurations (benchmark.variant); the first one named is the headline "minorpo" run
+    "shared": dict(layout="shared"),  # prompt once per pair, rows padded to the batch's longest, eager
+    "shared-compiled": dict(layout="shared", compile=True),  # + torch.compile of each decoder block
+    "shared-unpadded": dict(layout="shared", unpadded=True),  # one forward per row, no padding at all
+    "padded": dict(layout="padded"),  # chosen and rejected rows, as TRL lays them out
+}
+
+
+def measured_matmul_tflops(device) -> float:
+    """Dense bf16 rate of this GPU as torch reaches it: an 8192^3 matrix product on random data, median of 10."""
+    import torch
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * 8192 ** 3 / statistics.median(times) / 1e12
+
+
+def summarize_run(res: dict, shape: dict, counts: dict, layout: str, warmup: int, steps: int, peak: float) -> dict:
+    """Median step time, tokens/s, TFLOP/s and MFU over the timed steps of one run."""
+    timed = list(range(warmup, min(steps, len(res["step_times"]))))
+    total = sum(res["step_times"][i] for i in timed)
+    flops = sum(step_flops(shape, rows_computed(res["batches"][i], counts, layout)) for i in timed)
+    real = sum(res["batches"][i]["real_tokens"] for i in timed)
+    return {"median_step_s": statistics.median(res["step_times"][i] for i in timed), "timed_steps": len(timed),
+            "tokens_per_s": real / total, "tflops_per_s": flops / total / 1e12, "mfu": flops / total / (peak * 1e12),
+            "peak_memory_bytes": res["peak_memory"], "step1_nll_loss": res["nll_loss"][0],
+            "token_mismatches": len(res.get("token_mismatches", [])), "child_wall_s": res.get("wall_s")}
+
+
+def print_tables(results: dict, args, precision: str):
+    for name, r in results.items():
+        if not isinstance(r, dict) or "summary" not in r:
+            continue
+        print(f"\n{name} (N = {r['matmul_params'] / 1e6:.1f}M in matmuls), batch {args.batch_size} pairs, "
+              f"{args.steps} timed steps, precision {precision}, full fine-tuning")
+        print(f"{'run':<24} {'median s/step':>13} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak mem':>10}")
+        for fw, s in r["summary"].items():
+            print(f"{fw:<24} {s['median_step_s']:13.4f} {s['tokens_per_s']:10.0f} {s['tflops_per_s']:8.1f} "
+                  f"{100 * s['mfu']:5.1f}% {benchmark.fmt_bytes(s['peak_memory_bytes']):>10}")
+        for fw, err in r.get("errors", {}).items():
+            print(f"{fw:<24} FAILED: {err.splitlines()[0][:150]}")
+        m, t = r["summary"].get("minorpo"), r["summary"].get("TRL")
+        if m and t:
+            print(f"minorpo/TRL tokens/s {m['tokens_per_s'] / t['tokens_per_s']:.2f}x, peak memory "
+                  f"{m['peak_memory_bytes'] / t['peak_memory_bytes']:.2f}x; step-1 NLL {m['step1_nll_loss']:.5f} "
+                  f"vs {t['step1_nll_loss']:.5f}; token count mismatches {t['token_mismatches']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="smollm2-135m,qwen2.5-0.5b", help="comma list of: " + ", ".join(SHAPES))
+    ap.add_argument("--models", default="qwen2.5-0.5b,smollm2-135m", help="comma list of: " + ", ".join(SHAPES))
+    ap.add_argument("--variants", default="shared,shared-compiled,padded",
+                    help="minorpo configurations, comma list of: " + ", ".join(VARIANTS) + " (default shared,shared-compiled,"
+                         "padded); the first is the headline 'minorpo' run compared with TRL")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu with --tiny for a smoke test")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and short rows (smoke test: seconds on a CPU)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (default 10)")
@@ -162,98 +221,124 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
     ap.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                     help="the GPU's dense bf16 peak, TFLOP/s (default 989: H100/H200 SXM)")
-    ap.add_argument("--compile", action="store_true", help="minorpo with --compile (adds the compilation to the run; "
-                                                           "off by default to stay within a few minutes)")
     ap.add_argument("--no-trl", action="store_true", help="measure minorpo alone")
-    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--child-timeout", type=float, default=300, help="seconds before a run is stopped (default 300)")
+    ap.add_argument("--budget", type=float, default=0, help="seconds: start no new run after this (0: no limit)")
+    ap.add_argument("--json", help="write results here (rewritten after every run, so a cut-off run keeps the rest)")
     args = ap.parse_args(argv)
     t_start = time.time()
     import torch
     if args.tiny:
         args.models, args.steps, args.warmup, args.batch_size = "tiny", 2, 1, 2
         args.max_length, args.prompt_len, args.response_len = 48, "4,20", "2,12"
+        if args.variants == ap.get_default("variants"):  # no compilation in a smoke test
+            args.variants = "shared,padded"
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"--variants: unknown {v!r}; choose from {', '.join(VARIANTS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine (see the docstring), or use --device cpu --tiny")
     have_trl = not args.no_trl
     if have_trl:
         try:
             import datasets  # noqa: F401
-            import peft  # noqa: F401
             import trl  # noqa: F401
         except ImportError as e:
             print(f"TRL runs skipped: {e}")
             have_trl = False
-    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    cuda = args.device.startswith("cuda")
+    hardware = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"command: python reproduce/gpu_benchmark.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"hardware: {hardware}; torch {torch.__version__}")
+    print(f"hardware: {hardware}; torch {torch.__version__}", flush=True)
+    measured_peak = measured_matmul_tflops(args.device) if cuda else None
+    if measured_peak:
+        print(f"bf16 8192^3 matmul on this GPU: {measured_peak:.0f} TFLOP/s (MFU below is against "
+              f"{args.peak_tflops:.0f}, the datasheet's dense peak)", flush=True)
+    precision = "fp32" if args.tiny else "bf16"
     bench_args = Namespace(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
                            max_length=args.max_length, lora_r=0, lr=args.lr, device=args.device,
-                           precision="fp32" if args.tiny else "bf16", threads=0)
+                           precision=precision, threads=0)
     lo_p, hi_p = (int(x) for x in args.prompt_len.split(","))
     lo_r, hi_r = (int(x) for x in args.response_len.split(","))
+    steps = args.warmup + args.steps
+    models = args.models.split(",")
     results = {}
+
+    def save():
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({
+                "args": vars(args), "hardware": hardware, "torch": torch.__version__,
+                "measured_matmul_tflops": measured_peak, "wall_s": time.time() - t_start, "results": results},
+                indent=1, default=str))
+
+    # the runs, model by model, most important first: the headline minorpo run, TRL, then the other variants
+    jobs = [(m, v) for m in models for v in [variants[0]] + (["TRL"] if have_trl else []) + variants[1:]]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        plans = {}
+        for name in models:
             shape = SHAPES[name]
             folder = write_model(shape, Path(tmp, name))
-            steps = args.warmup + args.steps
             data = write_rows(Path(tmp, f"{name}.jsonl"), 8 * steps * args.batch_size, shape["vocab_size"],
                               (lo_p, hi_p), (lo_r, hi_r))
-            plan = benchmark.make_plan(folder, str(data), args.max_length, 2 * steps * args.batch_size)
             plan_path = Path(tmp, f"{name}-plan.json")
-            plan_path.write_text(json.dumps(plan))
-            runs = {}
-            print(f"{name}: minorpo ...", flush=True)
-            overrides = benchmark.variant("shared", unpadded=False, compile=args.compile)
-            runs["minorpo"] = benchmark.run_child(bench_args, "minorpo", plan_path, {"overrides": overrides})
-            ref = runs["minorpo"]
-            order = [w for b in ref["batches"][:steps] for w in b["where"]]
-            if have_trl:
-                print(f"{name}: TRL ...", flush=True)
-                runs["TRL"] = benchmark.run_child(bench_args, "trl", plan_path,
-                                                  {"order": order, "token_counts": ref["token_counts"]})
-                runs["TRL"]["batches"] = [{"where": b["where"], "real_tokens": b["real_tokens"]}
-                                          for b in ref["batches"][:steps]]
-            model_results = {}
-            for fw, res in runs.items():
-                layout = "shared" if fw == "minorpo" else "padded"
-                timed = list(range(args.warmup, min(steps, len(res["step_times"]))))
-                total = sum(res["step_times"][i] for i in timed)
-                flops = sum(step_flops(shape, rows_computed(res["batches"][i], ref["token_counts"], layout))
-                            for i in timed)
-                real = sum(res["batches"][i]["real_tokens"] for i in timed)
-                model_results[fw] = {
-                    "median_step_s": statistics.median(res["step_times"][i] for i in timed),
-                    "tokens_per_s": real / total, "tflops_per_s": flops / total / 1e12,
-                    "mfu": flops / total / (args.peak_tflops * 1e12), "peak_memory_bytes": res["peak_memory"],
-                    "step1_nll_loss": res["nll_loss"][0], "token_mismatches": len(res.get("token_mismatches", []))}
-            results[name] = {"summary": model_results, "runs": runs, "matmul_params": matmul_params(shape)}
-            print(f"\n{name} (N = {matmul_params(shape) / 1e6:.1f}M in matmuls), batch {args.batch_size} pairs, "
-                  f"{args.steps} timed steps, precision {bench_args.precision}, full fine-tuning")
-            print(f"{'framework':<10} {'median s/step':>13} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak mem':>10}")
-            for fw, s in model_results.items():
-                print(f"{fw:<10} {s['median_step_s']:13.4f} {s['tokens_per_s']:10.0f} {s['tflops_per_s']:8.1f} "
-                      f"{100 * s['mfu']:5.1f}% {benchmark.fmt_bytes(s['peak_memory_bytes']):>10}")
-            if "TRL" in model_results:
-                m, t = model_results["minorpo"], model_results["TRL"]
-                print(f"minorpo/TRL tokens/s {m['tokens_per_s'] / t['tokens_per_s']:.2f}x, peak memory "
-                      f"{m['peak_memory_bytes'] / t['peak_memory_bytes']:.2f}x; step-1 NLL {m['step1_nll_loss']:.5f} "
-                      f"vs {t['step1_nll_loss']:.5f}; token count mismatches {t['token_mismatches']}")
+            plan_path.write_text(json.dumps(benchmark.make_plan(folder, str(data), args.max_length,
+                                                                2 * steps * args.batch_size)))
+            plans[name] = plan_path
+            results[name] = {"summary": {}, "errors": {}, "runs": {}, "matmul_params": matmul_params(shape)}
+        for name, what in jobs:
+            r = results[name]
+            label = "TRL" if what == "TRL" else ("minorpo" if what == variants[0] else f"minorpo {what}")
+            if args.budget and time.time() - t_start > args.budget:
+                r["errors"][label] = f"not run: --budget {args.budget:.0f} s spent"
+                print(f"{name}: {label} skipped (budget spent)", flush=True)
+                continue
+            ref = r["runs"].get("minorpo")
+            print(f"{name}: {label} ...", flush=True)
+            try:
+                if what == "TRL":
+                    if ref is None:
+                        raise SystemExit("no minorpo run to take the batches from")
+                    order = [w for b in ref["batches"][:steps] for w in b["where"]]
+                    res = benchmark.run_child(bench_args, "trl", plans[name],
+                                              {"order": order, "token_counts": ref["token_counts"]},
+                                              timeout=args.child_timeout)
+                    res["batches"] = [{"where": b["where"], "real_tokens": b["real_tokens"]}
+                                      for b in ref["batches"][:steps]]
+                    layout = "padded"
+                else:
+                    overrides = benchmark.variant(**VARIANTS[what])
+                    res = benchmark.run_child(bench_args, "minorpo", plans[name], {"overrides": overrides},
+                                              timeout=args.child_timeout)
+                    layout = VARIANTS[what]["layout"]
+                counts = (ref or res)["token_counts"]
+                r["runs"][label] = res
+                r["summary"][label] = summarize_run(res, SHAPES[name], counts, layout, args.warmup, steps,
+                                                    args.peak_tflops)
+                s = r["summary"][label]
+                print(f"  {s['median_step_s']:.4f} s/step, {s['tokens_per_s']:.0f} tokens/s, MFU "
+                      f"{100 * s['mfu']:.1f}%, peak {benchmark.fmt_bytes(s['peak_memory_bytes'])} "
+                      f"(child {res.get('wall_s', 0):.0f} s)", flush=True)
+            except SystemExit as e:  # a failed run is reported, the others go on
+                r["errors"][label] = str(e)
+                print(f"  FAILED: {str(e)[-2500:]}", flush=True)
+            save()
     big = results.get("qwen2.5-0.5b", {}).get("summary", {})
-    if big and not args.tiny:
-        verdict = {"mfu_ge_40pct_0.5b": big["minorpo"]["mfu"] >= 0.40}
+    if big.get("minorpo") and not args.tiny:
+        verdict = {"mfu_ge_40pct_0.5b": max(s["mfu"] for k, s in big.items() if k != "TRL") >= 0.40}
         if "TRL" in big:
             verdict["tokens_per_s_ge_1.5x_trl_0.5b"] = big["minorpo"]["tokens_per_s"] >= 1.5 * big["TRL"]["tokens_per_s"]
-        for k, v in verdict.items():
-            print(f"verdict {k}: {'HOLDS' if v else 'DOES NOT HOLD'}")
         results["verdicts"] = verdict
+    for r in results.values():
+        for run in r.get("runs", {}).values() if isinstance(r, dict) and "runs" in r else []:
+            run.pop("token_counts", None)
+    save()
+    print_tables(results, args, precision)
+    for k, v in results.get("verdicts", {}).items():
+        print(f"verdict {k}: {'HOLDS' if v else 'DOES NOT HOLD'}")
     print(f"total time {time.time() - t_start:.0f} s")
     if args.json:
-        for r in results.values():
-            for run in r.get("runs", {}).values() if isinstance(r, dict) else []:
-                run.pop("token_counts", None)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"args": vars(args), "hardware": hardware, "results": results}, indent=1))
         print(f"wrote {args.json}")
     return 0
 

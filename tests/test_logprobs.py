@@ -142,6 +142,42 @@ def test_bf16_inputs_accumulate_in_float32():
     assert_close(w.grad.double(), w64.grad, rtol=0, atol=2 ** -5, what="bf16 grad weight vs float64")
 
 
+def test_autocast_runs_forward_and_backward_matmuls_in_bf16():
+    """Under torch.autocast(bf16) with float32 hidden and weight (bf16 training: float32 master weights), the head's
+    matmuls must be bf16 in forward AND backward. A custom Function's backward runs outside the autocast region, so
+    without care the recomputed logits would be float32 while the forward's logsumexp came from bf16 logits (a
+    softmax that does not sum to 1), and on a GPU the backward's three matmuls would run in slow float32.
+    Oracle 1: the same function on explicitly bf16 inputs with autocast off - the same bf16 matmuls, so values and
+    the hidden gradient are bit-equal (tolerance 0); the weight gradient is summed over 3 chunks in float32 either
+    way and only the bf16 call rounds that sum to bf16 at the end, so the autocast one rounded to bf16 is bit-equal.
+    Oracle 2: autograd through the unchunked path under autocast (lm_head as transformers runs it): the same bf16
+    matmuls up to summation order. Hidden gradient: rtol 2^-7 (one bf16 ulp). Weight gradient: the reference
+    rounds one sum over all 16 positions to bf16, the chunked path rounds each of its 6 chunk partials (then adds
+    them in float32), so entries that cancel can differ by up to ~7 half-ulps of the largest partial:
+    atol 2^-5 x max |grad| (a float32 backward matmul instead of bf16 is not caught here but by oracle 1)."""
+    hidden, weight, targets = _random_case(N=2, T=8, H=16, V=300, K=1, dtype=torch.float32)
+    targets = targets[0]
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = token_logps(h, w, targets, chunk_size=3)
+    got.sum().backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    hb, wb = hidden.bfloat16().requires_grad_(), weight.bfloat16().requires_grad_()
+    want = token_logps(hb, wb, targets, chunk_size=3)
+    want.sum().backward()
+    assert torch.equal(got, want)
+    assert torch.equal(h.grad, hb.grad.float()), "grad hidden: backward matmul not in the forward's bf16"
+    assert torch.equal(w.grad.bfloat16(), wb.grad), "grad weight: backward matmul not in the forward's bf16"
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = token_logps_reference(F.linear(h2, w2), targets)
+    ref.sum().backward()
+    assert_close(got, ref, rtol=0, atol=1e-5, what="autocast values vs unchunked autocast")
+    assert_close(h.grad, h2.grad, rtol=2 ** -7, atol=1e-6, what="autocast grad hidden vs unchunked autocast")
+    assert_close(w.grad, w2.grad, rtol=0, atol=2 ** -5 * w2.grad.abs().max().item(),
+                 what="autocast grad weight vs unchunked autocast")
+
+
 def test_logit_sums():
     """sum over V of hidden @ W.T == hidden @ W.sum(0). Oracle: the full logits summed; tolerance 1e-12 (float64)."""
     hidden, weight, _ = _random_case()
