@@ -91,6 +91,8 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block: fused elementwise ops, fewer saved "
                                                             "activations (SmolLM2 on 2 CPU cores: ~22% less peak memory, about the "
                                                             "same speed); the first step pays the compilation (~30 s there)"})
+    cudnn_attention: bool = field(default=True, metadata={"help": "CUDA only: let PyTorch's attention pick cuDNN's kernel "
+                                                                  "(--no-cudnn-attention: the memory-efficient one instead)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
     # --- bookkeeping
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
@@ -198,6 +200,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
 
     device = pick_device(cfg.device)
     ddp = Distributed(device)
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)
         torch.cuda.set_device(device)

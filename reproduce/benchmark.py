@@ -68,9 +68,10 @@ if str(REPO) not in sys.path:  # run as `python reproduce/benchmark.py` from a c
     sys.path.insert(0, str(REPO))
 
 # minorpo configurations: TrainConfig fields that differ from the common setting (see minorpo_child)
-def variant(layout="shared", chunk_size=1024, unpadded=False, compile=False, length_buckets=0):
+def variant(layout="shared", chunk_size=1024, unpadded=False, compile=False, length_buckets=0, cudnn_attention=True):
     return {"layout": layout, "chunk_size": chunk_size, "unpadded": unpadded, "compile": compile,
-            "length_buckets": length_buckets}  # length_buckets -1: one window over all the run's steps
+            "length_buckets": length_buckets,  # length_buckets -1: one window over all the run's steps
+            "cudnn_attention": cudnn_attention}
 
 
 MINORPO_BEST = variant("shared", unpadded=True, compile=True)
@@ -196,7 +197,9 @@ def trl_child(args, plan: dict, order: list, token_counts: dict) -> dict:
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     cuda = args.device.startswith("cuda")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(plan["model_dir"])
+    # gpu_benchmark.py's word-level tokenizers need the plain fast class: AutoTokenizer picks the class by model_type
+    # (Qwen2Tokenizer for a qwen2 config), which turns those word-level vocabularies into empty token lists
+    tokenizer = getattr(transformers, plan.get("hf_tokenizer_class", "AutoTokenizer")).from_pretrained(plan["model_dir"])
     dtype = torch.bfloat16 if args.precision == "bf16-weights" else torch.float32
     model = transformers.AutoModelForCausalLM.from_pretrained(plan["model_dir"], dtype=dtype,
                                                               attn_implementation="sdpa")
@@ -394,6 +397,9 @@ def main(argv=None) -> int:
         spec = json.loads(Path(args.child).read_text())
         plan = json.loads(Path(spec["plan"]).read_text())
         if spec["framework"] == "trl":
+            if not spec.get("cudnn_attention", True):  # the same switch as minorpo's --no-cudnn-attention
+                import torch
+                torch.backends.cuda.enable_cudnn_sdp(False)
             res = trl_child(args, plan, spec["order"], spec["token_counts"])
         else:
             res = minorpo_child(args, plan, spec["overrides"])

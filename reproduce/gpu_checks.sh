@@ -4,6 +4,7 @@
 #      SmolLM2-135M shapes: tokens/s, MFU, peak memory (issue 7's GPU goals);
 #   2. reproduce/cuda_check.py: correctness on CUDA (forward vs transformers, loss and gradient vs float64,
 #      layouts, bf16, fused AdamW, checkpointing, resume, LoRA export).
+# PROFILE=1 first runs reproduce/profile_step.py (phase timings, profiler tables); CHECK=0 skips cuda_check.py.
 # Logs and JSON go to $OUT (default reproduce/results/gpu). A GPU machine without trl/datasets: put their wheels
 # in .whl/ at the repository root (reproduce/gpu_benchmark.py --help says which) and they are installed in
 # /tmp/site first; .whl/extra/ holds wheels installed only when the machine's pyarrow is older than datasets needs.
@@ -28,10 +29,16 @@ for m in ('trl', 'datasets', 'pyarrow', 'accelerate'):
     try: print(m, __import__(m).__version__)
     except Exception as e: print(m, 'missing:', e)
 " 2>&1 | tee -a "$OUT/gpu.txt"
+if [ "${PROFILE:-0}" = 1 ]; then  # where a step's time goes (reproduce/profile_step.py)
+  timeout "${PROFILE_TIMEOUT:-90}" python3 reproduce/profile_step.py --out "$OUT" 2>&1 | tee "$OUT/profile_step.log"
+fi
 timeout "${BENCH_TIMEOUT:-330}" python3 reproduce/gpu_benchmark.py --steps 20 --json "$OUT/gpu_benchmark.json" "$@" \
   2>&1 | tee "$OUT/gpu_benchmark.log"
-timeout "${CHECK_TIMEOUT:-120}" python3 reproduce/cuda_check.py ${CHECK_ARGS:-} --json "$OUT/cuda_check.json" 2>&1 \
-  | tee "$OUT/cuda_check.log"
+if [ "${CHECK:-1}" = 1 ]; then
+  timeout "${CHECK_TIMEOUT:-120}" python3 reproduce/cuda_check.py ${CHECK_ARGS:-} --json "$OUT/cuda_check.json" 2>&1 \
+    | tee "$OUT/cuda_check.log"
+fi
 echo "=== summary"
 grep -E "^(minorpo|TRL|run |qwen|smollm|verdict|total|bf16 8192)" "$OUT/gpu_benchmark.log" | grep -v " \.\.\.$"
-grep -E "^FAIL|checks passed" "$OUT/cuda_check.log"
+[ -f "$OUT/cuda_check.log" ] && grep -E "^FAIL|checks passed" "$OUT/cuda_check.log"
+[ -f "$OUT/profile_step.log" ] && grep -A3 -E "median seconds per phase" "$OUT/profile_step.log"
