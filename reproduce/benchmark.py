@@ -68,7 +68,7 @@ if str(REPO) not in sys.path:  # run as `python reproduce/benchmark.py` from a c
     sys.path.insert(0, str(REPO))
 
 # minorpo configurations: TrainConfig fields that differ from the common setting (see minorpo_child)
-def variant(layout="shared", chunk_size=1024, unpadded=False, compile=False, length_buckets=0, cudnn_attention=True):
+def variant(layout="shared", chunk_size=1024, unpadded=False, compile=False, length_buckets=0, cudnn_attention=False):
     return {"layout": layout, "chunk_size": chunk_size, "unpadded": unpadded, "compile": compile,
             "length_buckets": length_buckets,  # length_buckets -1: one window over all the run's steps
             "cudnn_attention": cudnn_attention}
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
         spec = json.loads(Path(args.child).read_text())
         plan = json.loads(Path(spec["plan"]).read_text())
         if spec["framework"] == "trl":
-            if not spec.get("cudnn_attention", True):  # the same switch as minorpo's --no-cudnn-attention
+            if not spec.get("cudnn_attention", True):  # the same switch as minorpo's --cudnn-attention
                 import torch
                 torch.backends.cuda.enable_cudnn_sdp(False)
             res = trl_child(args, plan, spec["order"], spec["token_counts"])

@@ -32,7 +32,7 @@ for m in ('trl', 'datasets', 'pyarrow', 'accelerate'):
 if [ "${PROFILE:-0}" = 1 ]; then  # where a step's time goes (reproduce/profile_step.py)
   timeout "${PROFILE_TIMEOUT:-90}" python3 reproduce/profile_step.py --out "$OUT" 2>&1 | tee "$OUT/profile_step.log"
 fi
-timeout "${BENCH_TIMEOUT:-330}" python3 reproduce/gpu_benchmark.py --steps 20 --json "$OUT/gpu_benchmark.json" "$@" \
+timeout "${BENCH_TIMEOUT:-330}" python3 reproduce/gpu_benchmark.py --json "$OUT/gpu_benchmark.json" "$@" \
   2>&1 | tee "$OUT/gpu_benchmark.log"
 if [ "${CHECK:-1}" = 1 ]; then
   timeout "${CHECK_TIMEOUT:-120}" python3 reproduce/cuda_check.py ${CHECK_ARGS:-} --json "$OUT/cuda_check.json" 2>&1 \
