@@ -459,6 +459,17 @@ def train_run(args, out: Path, method: str, model_and_tok=None, pairs=None, **ov
     return rows, model
 
 
+def heldout_start(args, rec):
+    """The start of every script that compares held-out log-probs before and after training: (model, tokenizer,
+    pad id, training pairs, held-out pairs, (chosen, rejected) log-probs of the held-out pairs before training)."""
+    from minorpo.collate import pad_token_id
+    s = args.settings
+    model, tok = load_model(args)
+    pad_id = pad_token_id(tok)
+    pairs, heldout = split_heldout(load_pairs(args, tok, (s["pairs"] + s["heldout"]) or None), s["heldout"])
+    return model, tok, pad_id, pairs, heldout, pair_logps(model, heldout, pad_id, s["train"]["batch_size"], rec.device)
+
+
 def split_heldout(pairs: list, n: int) -> tuple[list, list]:
     """(training pairs, the last n pairs): a held-out set for per-pair comparisons, never trained on."""
     if len(pairs) <= n:

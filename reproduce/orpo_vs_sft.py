@@ -36,13 +36,9 @@ def main(argv=None):
     args = C.parse_args(__doc__, PRESETS, argv)
     rec = C.Recorder(args, "orpo_vs_sft", CLAIM)
     s = args.settings
-    model, tok = C.load_model(args)
     from minorpo import loss as L
-    from minorpo.collate import pad_token_id
-    pad_id = pad_token_id(tok)
-    pairs, heldout = C.split_heldout(C.load_pairs(args, tok, (s["pairs"] + s["heldout"]) or None), s["heldout"])
+    model, tok, pad_id, pairs, heldout, (a0, b0) = C.heldout_start(args, rec)
     bs = s["train"]["batch_size"]
-    a0, b0 = C.pair_logps(model, heldout, pad_id, bs, rec.device)
     runs, end = {}, {}
     for name, method, kw in (("SFT", "sft", {}), ("ORPO", "orpo", {"lam": s["lam"]})):
         if name != "SFT":

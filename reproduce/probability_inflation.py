@@ -32,11 +32,7 @@ def main(argv=None):
     args = C.parse_args(__doc__, PRESETS, argv)
     rec = C.Recorder(args, "probability_inflation", CLAIM)
     s = args.settings
-    model, tok = C.load_model(args)
-    from minorpo.collate import pad_token_id
-    pad_id = pad_token_id(tok)
-    pairs, heldout = C.split_heldout(C.load_pairs(args, tok, (s["pairs"] + s["heldout"]) or None), s["heldout"])
-    a0, b0 = C.pair_logps(model, heldout, pad_id, s["train"]["batch_size"], rec.device)  # before training
+    model, tok, pad_id, pairs, heldout, (a0, b0) = C.heldout_start(args, rec)  # a0, b0: before training
     rows, model = C.train_run(args, rec.out / f"run_{rec.tag}", "sft", (model, tok), pairs)
     a1, b1 = C.pair_logps(model, heldout, pad_id, s["train"]["batch_size"], rec.device)  # after
 

@@ -43,3 +43,19 @@ def assert_close(actual, expected, *, rtol, atol, what=""):
     diff = (actual.double() - expected.double()).abs()
     msg = f"{what}: max |diff| {diff.max().item():.3e}, mean |diff| {diff.mean().item():.3e}"
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """pair(arch) -> (transformers model, minorpo model) of a tiny random architecture (tiny_models.ARCHS), built on
+    first use and shared by the tests of one module."""
+    from minorpo.loader import load_model
+    from tiny_models import saved
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            hf, folder = saved(arch, tmp_path_factory.mktemp(arch))
+            cache[arch] = (hf, load_model(folder))
+        return cache[arch]
+    return get

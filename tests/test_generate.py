@@ -13,18 +13,6 @@ from minorpo.generate import generate, next_token, top_p_filter
 from minorpo.loader import load_model
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            hf, folder = saved(arch, tmp_path_factory.mktemp(arch))
-            cache[arch] = (hf, load_model(folder))
-        return cache[arch]
-    return get
-
-
 def prompts():
     """Two prompts of lengths 7 and 4, left-padded to 7 (transformers' convention for batched generation)."""
     g = torch.Generator().manual_seed(5)

@@ -18,19 +18,6 @@ from minorpo.loader import load_model
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding only; see the module docstring
 
 
-@pytest.fixture(scope="module")
-def pair(request, tmp_path_factory):
-    """{arch: (transformers model, minorpo model)}, built lazily and shared by the tests of this module."""
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            hf, folder = saved(arch, tmp_path_factory.mktemp(arch))
-            cache[arch] = (hf, load_model(folder))
-        return cache[arch]
-    return get
-
-
 def padded_batch(T=19, pad=5, left=True, seed=1):
     """Two rows: row 0 has `pad` padding tokens (left or right), row 1 none. Returns ids, mask."""
     g = torch.Generator().manual_seed(seed)
