@@ -52,6 +52,7 @@ same invocation are what to compare. One heavy run at a time: the children run o
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -124,6 +125,17 @@ def make_plan(model_dir: Path, data: str, max_length: int, pool: int, log=print)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Children: one framework, one configuration, one process
+
+
+def trl_available(*also: str) -> bool:
+    """Whether the TRL runs can happen: trl, datasets (trl_child builds a Dataset) and `also` import; else why not."""
+    try:
+        for name in ("trl", "datasets", *also):
+            importlib.import_module(name)
+    except ImportError as e:
+        print(f"TRL runs skipped: {e}")
+        return False
+    return True
 
 
 def peak_memory(device: str) -> int:
@@ -420,14 +432,7 @@ def main(argv=None) -> int:
                      f"torch threads {args.threads or torch.get_num_threads()}")
     print(f"command: {command}\nhardware: {hardware}; torch {torch.__version__}; python {platform.python_version()}")
     plan = make_plan(model_dir, args.data, args.max_length, pool)
-    have_trl = not args.no_trl
-    if have_trl:
-        try:
-            import peft  # noqa: F401
-            import trl  # noqa: F401
-        except ImportError as e:
-            print(f"TRL comparison skipped: {e}")
-            have_trl = False
+    have_trl = not args.no_trl and trl_available("peft")
 
     results, summaries = {}, []
     with tempfile.TemporaryDirectory() as tmp:

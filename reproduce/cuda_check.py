@@ -67,15 +67,10 @@ def run(name, fn):
 
 
 def setup(root: Path):
-    from test_train import write_data
-    from tiny_models import saved
-    from tiny_tokenizers import word_tokenizer
-    folders = {}
-    for arch in ("llama-tied", "qwen2", "mistral"):
-        folders[arch] = root / arch
-        saved(arch, folders[arch])
-        word_tokenizer(folders[arch])
-    return folders, write_data(root / "pairs.jsonl", 48, seed=3)
+    """{arch: model folder} of three tiny random architectures, and a file of 48 random pairs."""
+    from test_train import tiny_run_files
+    runs = {arch: tiny_run_files(root / arch, seed=3, n=48, arch=arch) for arch in ("llama-tied", "qwen2", "mistral")}
+    return {arch: folder for arch, (folder, _) in runs.items()}, runs["llama-tied"][1]
 
 
 def padded_ids(B=3, T=24, V=256, seed=0):
@@ -184,13 +179,14 @@ def _params(model):
 
 def check_training(folders, data, dev, root: Path):
     """The training loop on CUDA: SGD and AdamW steps vs the CPU, checkpointing, resume, bf16, LoRA export."""
+    from minorpo.loader import load
     folder = folders["llama-tied"]
     cpu = torch.device("cpu")
     m_cpu, _, l_cpu = _train(folder, data, root / "sgd-cpu", cpu)
     m_gpu, _, l_gpu = _train(folder, data, root / "sgd-gpu", dev)
     check("3 SGD steps, CUDA fp32 vs CPU fp32: per-step loss", max(abs(a - b) / abs(b) for a, b in zip(l_gpu, l_cpu)),
           1e-5, "float32 vs float32")
-    m0, _ = __import__("minorpo.loader", fromlist=["load"]).load(folder, dtype=torch.float32)
+    m0, _ = load(folder, dtype=torch.float32)
     upd_cpu, upd_gpu = _params(m_cpu) - _params(m0), _params(m_gpu) - _params(m0)
     check("3 SGD steps, CUDA vs CPU: parameter update", rel(upd_gpu, upd_cpu), 1e-4, "float32, gradient sums")
     m_a, _, l_a = _train(folder, data, root / "adamw-cpu", cpu, optimizer="adamw", lr=1e-3, max_grad_norm=1.0)

@@ -245,14 +245,7 @@ def main(argv=None) -> int:
             ap.error(f"--variants: unknown {v!r}; choose from {', '.join(VARIANTS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine (see the docstring), or use --device cpu --tiny")
-    have_trl = not args.no_trl
-    if have_trl:
-        try:
-            import datasets  # noqa: F401
-            import trl  # noqa: F401
-        except ImportError as e:
-            print(f"TRL runs skipped: {e}")
-            have_trl = False
+    have_trl = not args.no_trl and benchmark.trl_available()
     cuda = args.device.startswith("cuda")
     hardware = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"command: python reproduce/gpu_benchmark.py {' '.join(sys.argv[1:] if argv is None else argv)}")

@@ -13,9 +13,7 @@ import torch
 
 from minorpo.config import ModelConfig
 from minorpo.model import build_model
-from test_train import write_data
-from tiny_models import saved
-from tiny_tokenizers import word_tokenizer
+from test_train import tiny_run_files
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "reproduce"))
@@ -58,11 +56,7 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    folder = root / "model"
-    saved("llama-tied", folder)
-    word_tokenizer(folder, add_bos=True)
-    return folder, write_data(root / "pairs.jsonl", 40)
+    return tiny_run_files(tmp_path_factory.mktemp("bench"), add_bos=True)
 
 
 def _bench(inputs, out, *extra):

@@ -45,13 +45,18 @@ def write_data(path: Path, n: int, seed: int = 0):
     return path
 
 
+def tiny_run_files(root: Path, seed: int = 0, n: int = 40, arch: str = "llama-tied", **tokenizer_kw):
+    """(model folder, data file) for a training run: a tiny random `arch` with the word tokenizer in root/model,
+    n random pairs (write_data) in root/pairs.jsonl."""
+    folder = Path(root) / "model"
+    saved(arch, folder)
+    word_tokenizer(folder, **tokenizer_kw)
+    return folder, write_data(Path(root) / "pairs.jsonl", n, seed=seed)
+
+
 @pytest.fixture(scope="module")
 def tiny_run_inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    folder = root / "model"
-    saved("llama-tied", folder)
-    word_tokenizer(folder)
-    return folder, write_data(root / "pairs.jsonl", 40)
+    return tiny_run_files(tmp_path_factory.mktemp("train"))
 
 
 def _pairs(data, tokenizer):

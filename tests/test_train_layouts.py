@@ -24,9 +24,7 @@ from minorpo import objective
 from minorpo.data import DataConfig, load_preferences
 from minorpo.loader import load
 from minorpo.train import TrainConfig, bucketed_step_indices, step_indices, train
-from test_train import write_data
-from tiny_models import saved
-from tiny_tokenizers import word_tokenizer
+from test_train import tiny_run_files
 
 RTOL, ATOL = 1e-10, 1e-12  # float64, same rows (see the module docstring)
 LAYOUT_RTOL = 1e-5  # shared vs padded: float32 RMSNorm in backward (see the module docstring)
@@ -34,11 +32,7 @@ LAYOUT_RTOL = 1e-5  # shared vs padded: float32 RMSNorm in backward (see the mod
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("layouts")
-    folder = root / "model"
-    saved("llama-tied", folder)
-    word_tokenizer(folder)
-    return folder, write_data(root / "pairs.jsonl", 40, seed=1)
+    return tiny_run_files(tmp_path_factory.mktemp("layouts"), seed=1)
 
 
 def _run(inputs, out, dtype=torch.float64, **overrides):
