@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `RUN/checkpoints/step-000120/` holding
 
-    weights.safetensors   the trainable weights only (LoRA adapters, or every weight for full fine-tuning)
+    weights.safetensors   the trainable weights only (LoRA adapters, or every weight for full fine-tuning; with
+                          bf16 weights and float32 masters, minorpo/master.py, the float32 masters)
     optimizer.pt          AdamW state (torch.save of the optimizer's state_dict)
     trainer_state.pt      step, scheduler state, RNG states (torch, CUDA, Python, NumPy), data position
     MANIFEST.json         size and SHA-256 of each file above, written last
@@ -57,8 +58,12 @@ def trainable_state_dict(model: torch.nn.Module) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
-def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep` complete ones."""
+def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict, keep: int = 2,
+                    weights: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep` complete ones.
+
+    weights: the trainable weights to store (default: the model's; MasterWeights.state_dict() for float32 masters).
+    """
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:06d}"
@@ -66,7 +71,8 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(trainable_state_dict(model), str(tmp / "weights.safetensors"), metadata={"format": "pt"})
+    weights = trainable_state_dict(model) if weights is None else weights
+    save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra},
                tmp / "trainer_state.pt")
@@ -122,8 +128,11 @@ def latest_valid_checkpoint(run_dir, log=print):
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG states; returns the trainer state (step, data position...)."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, master=None) -> dict:
+    """Restore weights, optimizer, scheduler and RNG states; returns the trainer state (step, data position...).
+
+    master: the run's MasterWeights, if it has float32 masters: they are set from the stored (float32) weights.
+    """
     weights = load_file(str(path / "weights.safetensors"))
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != expected:
@@ -131,6 +140,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         raise ValueError(f"{path}/weights.safetensors does not match this model's trainable weights "
                          f"(missing {missing[:3]}, unexpected {extra[:3]}): was the run started with other LoRA settings?")
     model.load_state_dict(weights, strict=False)
+    if master is not None:
+        master.load_state_dict(weights, source=f"{path}/weights.safetensors")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)  # our own file: RNG tuples
     scheduler.load_state_dict(state["scheduler"])

@@ -13,8 +13,10 @@ What one optimizer step does (global batch = batch_size x grad_accum x world_siz
      checkpoint every save_every steps (atomically; --resume continues from the newest intact one).
 At the end: the LoRA adapter as a PEFT folder (RUN/adapter) and a merged, transformers-loadable model (RUN/final).
 
-Under torchrun the same script runs DistributedDataParallel (nccl on CUDA, gloo on CPU): each rank takes its
-share of every global batch, metrics are averaged across ranks, and rank 0 alone writes files.
+Under torchrun the same script runs data-parallel (nccl on CUDA, gloo on CPU): each rank takes its share of every
+global batch, and before the optimizer step the ranks' gradients are summed with one all-reduce (what
+DistributedDataParallel does, written out: Distributed.sum_gradients); metrics are averaged across ranks, and
+rank 0 alone writes files.
 """
 
 import argparse
@@ -35,6 +37,7 @@ import torch.distributed as dist
 from minorpo import objective
 from minorpo.checkpoint import latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from minorpo.fileio import atomic_write
+from minorpo.master import MasterWeights
 
 
 @dataclass
@@ -75,7 +78,9 @@ class TrainConfig:
     eval_every: int = field(default=25, metadata={"help": "evaluate every N steps (and at the start and end)"})
     max_pairs: int = field(default=0, metadata={"help": "use only the first N usable pairs of the data (0 = all)"})
     # --- precision, memory, hardware
-    precision: str = field(default="fp32", metadata={"help": "fp32; bf16 (autocast, fp32 weights); bf16-weights (bf16 base weights, fp32 LoRA and optimizer state)",
+    precision: str = field(default="fp32", metadata={"help": "fp32; bf16 (autocast, fp32 weights); bf16-weights (bf16 model weights, no autocast: with LoRA "
+                                                             "the adapters and their optimizer state stay fp32; with full fine-tuning the "
+                                                             "optimizer updates fp32 master copies, see minorpo/master.py)",
                                                      "choices": ["fp32", "bf16", "bf16-weights"]})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward: less memory, ~30% more time"})
     chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the log-prob computation (memory vs speed); "
@@ -178,6 +183,35 @@ class Distributed:
         dist.all_reduce(t)
         return t.item()
 
+    def broadcast_parameters(self, params):
+        """Start every rank from rank 0's weights (they agree anyway: same file, same seed; this makes it so)."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for p in params:
+                dist.broadcast(p.data, src=0)
+
+    def sum_gradients(self, params):
+        """Replace each gradient by its sum over ranks: one all-reduce of all gradients packed in one buffer.
+
+        Each rank's loss is normalized by the *global* batch's counts (objective.count_targets), so the sum over
+        ranks is exactly the gradient of the whole global batch. DistributedDataParallel does the same sum in
+        buckets overlapped with the backward pass; one buffer after backward is slower on many GPUs and simpler.
+        """
+        if self.world == 1:
+            return
+        for p in params:  # a parameter this rank's batch did not reach still takes part, with a zero gradient
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        by_dtype = {}
+        for p in params:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])                                   # (sum of numels,)
+            dist.all_reduce(flat)                                                              # sum over ranks
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.view_as(g))
+
     def mean_dict(self, d: dict) -> dict:
         if self.world == 1:
             return d
@@ -217,12 +251,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
         dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
         model, tokenizer = load(cfg.model, dtype=dtype)
     model.to(device)
+    if cfg.precision == "bf16-weights":  # a model passed in as float32 (the loader above already gives bf16)
+        model.to(dtype=torch.bfloat16)
     if cfg.lora_r > 0:
         targets = cfg.lora_targets if cfg.lora_targets in ("attention", "all-linear") else cfg.lora_targets.split(",")
         apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=targets)
         model.to(device)
-    elif cfg.precision == "bf16-weights":
-        raise ValueError("--precision bf16-weights keeps fp32 state only for LoRA weights; use it with --lora-r > 0")
     model.gradient_checkpointing = cfg.gradient_checkpointing
     reference = None
     if cfg.method == "dpo" and cfg.lora_r == 0:  # full fine-tuning: DPO needs a frozen copy as its reference
@@ -235,10 +269,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     n_total = sum(p.numel() for p in model.parameters())
     log(f"model: {n_total/1e6:.1f}M parameters, {n_trainable/1e6:.3f}M trainable "
         f"({'LoRA r=%d' % cfg.lora_r if cfg.lora_r else 'full fine-tuning'}), device {device}, precision {cfg.precision}")
-    train_model = model
-    if ddp.world > 1:
-        train_model = _DDPModel(torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None))
+    ddp.broadcast_parameters(params)
+    master = None
+    if cfg.precision == "bf16-weights" and cfg.lora_r == 0:  # the optimizer updates float32 copies (master.py)
+        master = MasterWeights([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+        params = master.params
 
     # --- data: tokenized pairs, a seeded held-out split
     if pairs is None:
@@ -271,7 +306,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
         if ckpt is None:
             log(f"--resume: no intact checkpoint in {out}/checkpoints, starting from step 0")
         else:
-            state = load_checkpoint(ckpt, model, optimizer, scheduler)
+            state = load_checkpoint(ckpt, model, optimizer, scheduler, master=master)
             start_step = state["step"]
             log(f"resumed from {ckpt} (step {start_step}, {state['pairs_seen']} pairs seen)")
     if ddp.main:
@@ -319,21 +354,20 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
         # normalizers over the whole global batch (all micro-batches, all ranks): see objective.py
         counts = objective.count_targets([train_set[i] for i in idx], spec)
         sums = {}
-        for k, chunk in enumerate(micro):
+        for chunk in micro:
             batch = collate([train_set[i] for i in chunk], pad_id, device)
-            sync = k == len(micro) - 1 or ddp.world == 1
-            ctx = train_model.no_sync() if (ddp.world > 1 and not sync) else _nullcontext()
-            with ctx:
-                with autocast:
-                    loss, parts = objective.loss_and_metrics(train_model, batch, spec, counts, model_for_ref=model,
-                                                             reference=reference)
-                # DDP averages gradients over ranks; the loss is normalized by global counts, so undo the mean.
-                (loss * ddp.world).backward()
+            with autocast:
+                loss, parts = objective.loss_and_metrics(model, batch, spec, counts, model_for_ref=model,
+                                                         reference=reference)
+            loss.backward()  # gradients add up over micro-batches
             for key, v in parts.items():
                 sums[key] = sums.get(key, 0.0) + v
+        ddp.sum_gradients(params)  # and over ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if master is not None:
+            master.copy_to_model()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         row = objective.finish_metrics(ddp.mean_dict(sums), ddp.world)
@@ -348,7 +382,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
             bar.update(1)
         if ddp.main and cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(out, step + 1, model, optimizer, scheduler,
-                            {"pairs_seen": (step + 1) * global_batch}, keep=cfg.keep_checkpoints)
+                            {"pairs_seen": (step + 1) * global_batch}, keep=cfg.keep_checkpoints,
+                            weights=master.state_dict() if master is not None else None)
         if ddp.world > 1:
             dist.barrier()
     if bar is not None:
@@ -390,31 +425,6 @@ def load_pairs(cfg: TrainConfig, tokenizer, out, log):
 def _merged(model):
     from minorpo.lora import merged_state_dict
     return merged_state_dict(model)
-
-
-class _DDPModel:
-    """DDP's forward (which arms the gradient all-reduce) with the inner model's attributes (lm_head, config):
-    the loss computes log-probs from the hidden states and model.lm_head.weight, outside the forward."""
-
-    def __init__(self, ddp_model):
-        self.ddp_model = ddp_model
-
-    def __call__(self, *args, **kwargs):
-        return self.ddp_model(*args, **kwargs)
-
-    def no_sync(self):
-        return self.ddp_model.no_sync()
-
-    def __getattr__(self, name):
-        return getattr(self.ddp_model.module, name)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _truncate_metrics(path: Path, step: int):

@@ -69,10 +69,15 @@ if str(REPO) not in sys.path:  # run as `python reproduce/benchmark.py` from a c
     sys.path.insert(0, str(REPO))
 
 # minorpo configurations: TrainConfig fields that differ from the common setting (see minorpo_child)
-def variant(layout="shared", chunk_size=1024, unpadded=False, compile=False, length_buckets=0, cudnn_attention=False):
-    return {"layout": layout, "chunk_size": chunk_size, "unpadded": unpadded, "compile": compile,
-            "length_buckets": length_buckets,  # length_buckets -1: one window over all the run's steps
-            "cudnn_attention": cudnn_attention}
+def variant(layout="shared", chunk_size=1024, unpadded=False, compile=False, length_buckets=0, cudnn_attention=False,
+            precision=None):
+    """TrainConfig overrides of one minorpo configuration; precision None = the run's --precision."""
+    out = {"layout": layout, "chunk_size": chunk_size, "unpadded": unpadded, "compile": compile,
+           "length_buckets": length_buckets,  # length_buckets -1: one window over all the run's steps
+           "cudnn_attention": cudnn_attention}
+    if precision is not None:
+        out["precision"] = precision
+    return out
 
 
 MINORPO_BEST = variant("shared", unpadded=True, compile=True)
@@ -155,11 +160,12 @@ def minorpo_child(args, plan: dict, overrides: dict) -> dict:
     from minorpo.train import TrainConfig, train
 
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if args.precision == "bf16-weights" else torch.float32
+    overrides = dict(overrides)
+    precision = overrides.pop("precision", args.precision)
+    dtype = torch.bfloat16 if precision == "bf16-weights" else torch.float32
     model, tok = load(plan["model_dir"], dtype=dtype)
     pairs = build_examples(((r["where"], r) for r in plan["rows"]), tok, data_config(args.max_length)).examples
     steps = args.warmup + args.steps
-    overrides = dict(overrides)
     if overrides.get("length_buckets") == -1:
         overrides["length_buckets"] = steps
     out = tempfile.mkdtemp(prefix="minorpo-bench-")
@@ -169,7 +175,7 @@ def minorpo_child(args, plan: dict, overrides: dict) -> dict:
                       schedule="constant", max_steps=steps, batch_size=args.batch_size, grad_accum=1,
                       max_grad_norm=1.0, seed=0, max_length=args.max_length, max_prompt_length=args.max_length,
                       eval_pairs=0, eval_every=0, save_every=0, progress=False, export=False,
-                      precision=args.precision, device=args.device, **overrides)
+                      precision=precision, device=args.device, **overrides)
     # record what train() collates, step by step: which pairs, and the batch's shape (padding included)
     batches = []
     for name in ("collate", "collate_shared"):

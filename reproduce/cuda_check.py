@@ -215,6 +215,19 @@ def check_training(folders, data, dev, root: Path):
           max(abs(a - b) / abs(b) for a, b in zip(b16, f32)), 2e-2, "bf16 operands")
     check("bf16 training on CUDA: mean loss of the last 5 steps / first 5", (sum(b16[-5:]) / sum(b16[:5])), 0.999,
           "it learns (the 40 training pairs repeat, so the loss must fall)")
+    # bf16 weights with float32 masters (minorpo/master.py): the same 20 steps, bf16 everywhere but the optimizer
+    m_w, _, b16w = _train(folder, data, root / "b16w", dev, precision="bf16-weights", save_every=20, **kw)
+    check("bf16 weights + fp32 masters vs fp32, 20 AdamW steps on CUDA: max per-step loss rel. diff",
+          max(abs(a - b) / abs(b) for a, b in zip(b16w, f32)), 2e-2, "bf16 operands and activations")
+    check("bf16 weights + fp32 masters on CUDA: mean loss of the last 5 steps / first 5",
+          (sum(b16w[-5:]) / sum(b16w[:5])), 0.999, "it learns", kind="<=")
+    from safetensors.torch import load_file
+    masters = load_file(str(root / "b16w" / "checkpoints" / "step-000020" / "weights.safetensors"))
+    named = dict(m_w.named_parameters())
+    check("bf16 weights: model == bf16(float32 master) for every weight after 20 steps (count of mismatches)",
+          float(sum(not torch.equal(named[n].detach().cpu(), w.to(torch.bfloat16)) for n, w in masters.items())
+                + sum(named[n].dtype != torch.bfloat16 or w.dtype != torch.float32 for n, w in masters.items())),
+          0.0, "the model is the rounded master, exactly")
     # LoRA + export on CUDA: the merged folder loads in transformers and gives minorpo's logits
     import transformers
     m_l, _, _ = _train(folder, data, root / "lora", dev, lora_r=4, lora_alpha=8, optimizer="adamw", lr=1e-2,

@@ -24,8 +24,10 @@ saved once in a temporary folder with a word-level tokenizer over the model's vo
 with prompt / response lengths drawn uniformly from --prompt-len / --response-len (each word one token). Then
 reproduce/benchmark.py's machinery runs minorpo (the --variants: by default layout shared, rows padded to the batch's
 longest - one forward per micro-batch, as a GPU wants -, chunked log-probs, eager, cuDNN attention off, precision
-bf16 = autocast with float32 master weights; then compiled, cuDNN allowed, padded layout) and TRL (ORPOConfig bf16=True, the same autocast) on the same batches, AdamW, lr 1e-5, no
-LoRA (full fine-tuning), no gradient checkpointing: see that script's docstring for how the two are made equal.
+bf16 = autocast over float32 weights; then bf16 weights with float32 masters (shared-bf16w, minorpo/master.py),
+compiled, both, padded layout; cuDNN attention allowed on request) and TRL (ORPOConfig bf16=True, the same autocast)
+on the same batches, AdamW, lr 1e-5, no LoRA (full fine-tuning), no gradient checkpointing: see that script's
+docstring for how the two are made equal.
 
 MFU = model FLOPs / (step time x peak). Model FLOPs of a step = sum over the rows the framework computes, padding
 excluded, of   6 N T + 12 L d T^2   (T = the row's tokens, N = parameters used in matmuls: all parameters except
@@ -148,6 +150,9 @@ def rows_computed(batch: dict, counts: dict, layout: str) -> list:
 VARIANTS = {  # minorpo configurations (benchmark.variant); the first one named is the headline "minorpo" run
     "shared": dict(layout="shared"),  # prompt once per pair, rows padded to the batch's longest, eager
     "shared-compiled": dict(layout="shared", compile=True),  # + torch.compile of each decoder block
+    # bf16 weights with float32 master copies (minorpo/master.py): no autocast re-casting of weights each forward
+    "shared-bf16w": dict(layout="shared", precision="bf16-weights"),
+    "shared-bf16w-compiled": dict(layout="shared", precision="bf16-weights", compile=True),
     "shared-unpadded": dict(layout="shared", unpadded=True),  # one forward per row, no padding at all
     "padded": dict(layout="padded"),  # chosen and rejected rows, as TRL lays them out
     # with cuDNN's attention kernel allowed (--cudnn-attention; off by default, see minorpo train --help)
@@ -211,9 +216,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="qwen2.5-0.5b,smollm2-135m", help="comma list of: " + ", ".join(SHAPES))
-    ap.add_argument("--variants", default="shared,shared-compiled,shared-cudnn,padded",
-                    help="minorpo configurations, comma list of: " + ", ".join(VARIANTS) + " (default shared,shared-compiled,"
-                         "shared-cudnn,padded); the first is the headline 'minorpo' run compared with TRL")
+    ap.add_argument("--variants", default="shared,shared-bf16w,shared-compiled,shared-bf16w-compiled,padded",
+                    help="minorpo configurations, comma list of: " + ", ".join(VARIANTS) + " (default %(default)s); "
+                         "the first is the headline 'minorpo' run compared with TRL")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu with --tiny for a smoke test")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and short rows (smoke test: seconds on a CPU)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps after warm-up (default 20)")
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
         args.models, args.steps, args.warmup, args.batch_size = "tiny", 2, 1, 2
         args.max_length, args.prompt_len, args.response_len = 48, "4,20", "2,12"
         if args.variants == ap.get_default("variants"):  # no compilation in a smoke test
-            args.variants = "shared,padded"
+            args.variants = "shared,shared-bf16w,padded"
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:

@@ -2,7 +2,7 @@
 
   * precision="bf16" (autocast) and "bf16-weights" (bf16 base weights, fp32 LoRA): the step-1 loss is finite and
     close to the fp32 loss of the same batch (oracle: the fp32 run); the parameter and optimizer-state dtypes are
-    what TrainConfig promises.
+    what TrainConfig promises. (bf16-weights with full fine-tuning, float32 master weights: tests/test_master.py.)
   * method="dpo" with LoRA (reference = the disabled adapter) and with full fine-tuning (reference = a frozen
     copy): at step 1 the policy IS the reference, so every reward margin is exactly 0 and the loss is
     -log sigmoid(0) = log 2 (arithmetic oracle); on a fixed batch the loss then falls.
@@ -72,11 +72,6 @@ def test_bf16_step1_loss_close_to_fp32(tiny_run_inputs, tmp_path, fp32_step1, pr
         assert s["exp_avg"].dtype == torch.float32 and s["exp_avg_sq"].dtype == torch.float32
     # at step 1 only B has a gradient (B = 0 makes dL/dA = 0): its moments are nonzero
     assert any(s["exp_avg_sq"].abs().max() > 0 for s in state.values())
-
-
-def test_bf16_weights_needs_lora(tiny_run_inputs, tmp_path):
-    with pytest.raises(ValueError, match="bf16-weights.*lora-r"):
-        _run(tiny_run_inputs, tmp_path / "run", torch.bfloat16, precision="bf16-weights", lora_r=0)
 
 
 @pytest.mark.parametrize("lora_r,lr", [(4, 0.01), (0, 0.001)], ids=["lora-disabled-reference", "frozen-copy"])

@@ -1,0 +1,77 @@
+"""Float32 master weights for bf16 full fine-tuning (`--precision bf16-weights --lora-r 0`).
+
+Mixed precision as in Micikevicius et al. 2018 ("Mixed Precision Training"), without their loss scaling: bf16
+has float32's exponent range, so small gradients do not underflow the way float16's do.
+
+Why keep two copies of every weight. The model runs its forward and backward on bf16 weights directly, so no
+float32 weight has to be re-cast to bf16 in every forward (which is what autocast, `--precision bf16`, does: on
+an H100 those casts were 16% of a step's GPU time, reproduce/results/gpu/README.md). But the optimizer cannot
+update bf16 weights directly: bf16 keeps 8 significant bits, so a weight of 0.05 can only move in steps of
+2^-12 = 2.4e-4, and an AdamW update of lr = 8e-6 (the paper's) rounds to no change at all. So the optimizer owns
+a float32 copy of each weight (its "master"), and the bf16 weight is only ever a rounded copy of it:
+
+    backward            each bf16 weight receives its bf16 gradient
+    hook, per weight    master.grad += grad.float();  weight.grad = None   (accumulated over micro-batches in fp32)
+    optimizer.step()    AdamW on the float32 masters (moments in float32)
+    copy_to_model()     weight.copy_(master): rounded to bf16 for the next forward
+
+Memory per parameter: 2 (bf16 weight) + 4 (master) + 4 (float32 gradient) + 8 (AdamW moments) = 18 bytes,
+against 16 for float32 weights under autocast, which also holds a bf16 copy of every weight during a step.
+
+Checkpoints store the masters (float32, under the model's parameter names), so a resumed run continues from the
+exact float32 weights; the exported model (RUN/final) is the bf16 model that was trained and evaluated.
+"""
+
+import torch
+
+
+class MasterWeights:
+    """Float32 copies of a model's trainable (bf16) weights; the optimizer is given `.params`.
+
+    names_and_params: [(name, parameter)] as from model.named_parameters(), the trainable ones.
+    """
+
+    def __init__(self, names_and_params):
+        self.names = [n for n, _ in names_and_params]
+        self.model_params = [p for _, p in names_and_params]
+        self.params = [torch.nn.Parameter(p.detach().float().clone()) for p in self.model_params]
+        self._hooks = [p.register_post_accumulate_grad_hook(self._hook(m))
+                       for p, m in zip(self.model_params, self.params)]
+
+    @staticmethod
+    def _hook(master):
+        def move_grad(p):  # runs once per backward, when p.grad holds this backward's whole gradient
+            g = p.grad.float()
+            if master.grad is None:
+                master.grad = g
+            else:
+                master.grad.add_(g)
+            p.grad = None  # the bf16 gradient is freed at once
+        return move_grad
+
+    @torch.no_grad()
+    def copy_to_model(self):
+        """Round the masters to the model's dtype (after each optimizer step)."""
+        for p, m in zip(self.model_params, self.params):
+            p.copy_(m)
+
+    def state_dict(self) -> dict:
+        """The masters under the model's parameter names (what a checkpoint stores as the trainable weights)."""
+        return {n: m.detach().contiguous().cpu() for n, m in zip(self.names, self.params)}
+
+    @torch.no_grad()
+    def load_state_dict(self, weights: dict, source: str = "checkpoint"):
+        """Set the masters (and so the model) from float32 weights keyed by parameter name."""
+        missing = [n for n in self.names if n not in weights]
+        if missing:
+            raise ValueError(f"{source}: no weights for {missing[:3]} ({len(missing)} of {len(self.names)} missing)")
+        for n, m in zip(self.names, self.params):
+            if weights[n].shape != m.shape:
+                raise ValueError(f"{source}: {n} has shape {tuple(weights[n].shape)}, the model's is {tuple(m.shape)}")
+            m.copy_(weights[n])
+        self.copy_to_model()
+
+    def remove_hooks(self):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
