@@ -81,14 +81,22 @@ class KVCache:
 def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows=(None,)):
     """Turn the caller's mask into what scaled_dot_product_attention wants.
 
-    attention_mask: None (causal) | [B, S] 0/1 padding mask (S = cached + new tokens) | [B, T, S] bool block mask.
-    Returns (position_ids [B, T], masks: {window: bool [B, 1, T, S] or None}). A mask of None means plain
-    causal attention over T == S tokens (or one new token that sees every cached one): SDPA's is_causal.
+    attention_mask: None (causal) | [B, S] 0/1 padding mask (S = cached + new tokens) | [B, T, S] bool block mask
+    | a FlexAttention BlockMask (flex_block_mask below; needs position_ids, no cache, no sliding window).
+    Returns (position_ids [B, T], masks: {window: bool [B, 1, T, S] or None, or the BlockMask}). A mask of None
+    means plain causal attention over T == S tokens (or one new token that sees every cached one): SDPA's is_causal.
     """
     B, T = input_ids.shape
     past = len(kv_cache) if kv_cache is not None else 0
     S = past + T
     device = input_ids.device
+    if is_flex_mask(attention_mask):
+        if position_ids is None or kv_cache is not None or set(windows) != {None}:
+            raise ValueError("a FlexAttention BlockMask needs explicit position_ids, no KV cache and no sliding-window "
+                             "layers (use a [B, T, S] bool mask there)")
+        if tuple(attention_mask.shape[-2:]) != (T, T) or attention_mask.shape[0] not in (1, B):
+            raise ValueError(f"BlockMask of shape {tuple(attention_mask.shape)} for {B} rows of {T} tokens")
+        return position_ids, {None: attention_mask}
     block = attention_mask is not None and attention_mask.dim() == 3
 
     if attention_mask is not None:
@@ -154,12 +162,49 @@ def run_layers(model, x, layer_args, masks, kv_cache):
 
 def attend(q, k, v, mask, scale=None):
     """softmax(q k^T * scale + mask) v through PyTorch's fused kernel. q: (B, nh, T, hs), k/v: (B, nkv, S, hs)."""
+    if is_flex_mask(mask):  # FlexAttention: blocks the mask rules out entirely are never computed; GQA built in
+        return _flex_attention(q.is_cuda)(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     if k.shape[1] != q.shape[1]:  # GQA: query head j reads key/value head j // (nh / nkv)
         rep = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(rep, dim=1)                                                # (B, nh, S, hs)
         v = v.repeat_interleave(rep, dim=1)                                                # (B, nh, S, hs)
     is_causal = mask is None and q.shape[2] > 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def is_flex_mask(mask) -> bool:
+    return type(mask).__name__ == "BlockMask"  # torch.nn.attention.flex_attention.BlockMask, without importing it
+
+
+def flex_block_mask(allowed: torch.Tensor):
+    """FlexAttention's BlockMask for a [B, T, S] bool mask (True = query t may attend key s), e.g. the shared layout's.
+
+    FlexAttention (PyTorch >= 2.5) cuts the T x S score matrix into 128 x 128 blocks and skips every block in which
+    no pair is allowed: for the shared layout, the blocks above the causal diagonal, rejected queries x chosen keys
+    and padding (42% of the blocks for three rows of 300-700 tokens, tests/test_flex_attention.py), where SDPA with
+    a dense mask computes every block. Blocks that are entirely allowed run without reading the mask. As in
+    prepare_attention, every query may see itself.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+    B, T, S = allowed.shape
+    allowed = allowed | (torch.arange(S, device=allowed.device)[None, :] == torch.arange(T, device=allowed.device)[:, None])
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed[b, q_idx, kv_idx]
+
+    return create_block_mask(mask_mod, B, None, T, S, device=allowed.device)
+
+
+_FLEX = {}
+
+
+def _flex_attention(cuda: bool):
+    """flex_attention, compiled on CUDA (its fast form: one generated kernel per mask_mod) and plain on the CPU
+    (a slow reference path that PyTorch provides for the forward only: tests compare it with SDPA there)."""
+    if cuda not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+        _FLEX[cuda] = torch.compile(flex_attention, dynamic=True) if cuda else flex_attention
+    return _FLEX[cuda]
 
 
 # ----------------------------------------------------------------------------------------------------------

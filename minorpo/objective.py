@@ -43,6 +43,7 @@ class LossSpec:
     pad_id: int = 0  # the tokenizer's pad id (the official preset's NLL filter and extra target use it)
     layout: str = "padded"  # padded (chosen and rejected rows) | shared (prompt once per pair); see above
     unpadded: bool = False  # shared layout: each pair's row run at its own length, no padding (see token_logps)
+    attention: str = "sdpa"  # sdpa (dense block mask) | flex (FlexAttention, masked blocks skipped; shared layout)
 
     def __post_init__(self):
         if self.layout not in ("padded", "shared"):
@@ -51,6 +52,10 @@ class LossSpec:
             raise ValueError("chunk_size=0 (unchunked log-probs) is implemented for layout='padded' only")
         if self.unpadded and self.layout != "shared":
             raise ValueError("unpadded rows are implemented for layout='shared' only")
+        if self.attention not in ("sdpa", "flex"):
+            raise ValueError(f"attention must be 'sdpa' or 'flex', got {self.attention!r}")
+        if self.attention == "flex" and self.layout != "shared":
+            raise ValueError("attention='flex' is implemented for layout='shared' (its block mask) only")
 
 
 def collate(pairs, pad_id: int, device) -> dict:
@@ -74,16 +79,26 @@ def token_logps(model, batch: dict, spec: LossSpec) -> L.TokenLogps:
     """Per-token log-probs of a micro-batch in spec.layout (loss.py section 6)."""
     if spec.layout == "shared" and spec.unpadded:  # B forwards of one row each, no padded token computed
         T = batch["input_ids"].shape[1]
-        return _stack_rows([L.preference_logps_shared_prompt(model, row, spec.preset, spec.pad_id, spec.chunk_size)
+        return _stack_rows([L.preference_logps_shared_prompt(model, _attention(row, spec), spec.preset, spec.pad_id,
+                                                             spec.chunk_size)
                             for row in _unpadded_rows(batch)], T)
     if spec.layout == "shared":
-        return L.preference_logps_shared_prompt(model, batch, spec.preset, spec.pad_id, spec.chunk_size)
+        return L.preference_logps_shared_prompt(model, _attention(batch, spec), spec.preset, spec.pad_id,
+                                                spec.chunk_size)
     if spec.chunk_size == 0:  # the textbook way, to measure what chunking saves: all logits [2B, T, V] at once
         B = batch["chosen_input_ids"].shape[0]
         logits = model(torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]),
                        attention_mask=torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]]))
         return L.token_logps_from_logits(logits[:B], logits[B:], batch, spec.preset, spec.pad_id)  # [2B, T, V]
     return L.preference_logps(model, batch, spec.preset, spec.pad_id, spec.chunk_size)
+
+
+def _attention(batch: dict, spec: LossSpec) -> dict:
+    """The shared-layout batch with its [B, T, T] block mask as FlexAttention's BlockMask when spec.attention is flex."""
+    if spec.attention != "flex":
+        return batch
+    from minorpo.model import flex_block_mask
+    return {**batch, "attention_mask": flex_block_mask(batch["attention_mask"])}
 
 
 def _unpadded_rows(batch: dict):

@@ -100,6 +100,12 @@ class TrainConfig:
                                                                    "it builds a plan for every new sequence length, which on an H100 "
                                                                    "cost +0.14 s per step (Qwen2.5-0.5B shape, 8 pairs) for a 7% gain "
                                                                    "when a length repeats; off, PyTorch takes its memory-efficient kernel"})
+    attention: str = field(default="sdpa", metadata={"help": "sdpa: PyTorch's fused attention, with a dense mask for --layout shared; "
+                                                              "flex: FlexAttention with the shared layout's block mask, skipping "
+                                                              "the 128x128 blocks no query may see (CUDA only: PyTorch's "
+                                                              "FlexAttention has no CPU backward; --layout shared; compiled on "
+                                                              "first use). Not yet timed against sdpa on a GPU",
+                                                      "choices": ["sdpa", "flex"]})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
     # --- bookkeeping
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
@@ -235,6 +241,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     from minorpo.lora import apply_lora, save_peft_adapter
 
     device = pick_device(cfg.device)
+    if cfg.attention == "flex" and device.type != "cuda":
+        raise ValueError(f"--attention flex trains on CUDA only (PyTorch's FlexAttention has no backward on {device.type}); "
+                         "use --attention sdpa")
+    if cfg.attention == "flex" and cfg.layout != "shared":
+        raise ValueError("--attention flex needs --layout shared (it skips the blocks of the shared layout's mask)")
     ddp = Distributed(device)
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
@@ -321,7 +332,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     spec = objective.LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset,
-                              chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded)
+                              chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded,
+                              attention=cfg.attention)
     collate = objective.collate_shared if cfg.layout == "shared" else objective.collate
     lengths = [objective.row_length(p, cfg.layout) for p in train_set]
 

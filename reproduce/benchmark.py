@@ -70,11 +70,11 @@ if str(REPO) not in sys.path:  # run as `python reproduce/benchmark.py` from a c
 
 # minorpo configurations: TrainConfig fields that differ from the common setting (see minorpo_child)
 def variant(layout="shared", chunk_size=1024, unpadded=False, compile=False, length_buckets=0, cudnn_attention=False,
-            precision=None):
+            precision=None, attention="sdpa"):
     """TrainConfig overrides of one minorpo configuration; precision None = the run's --precision."""
     out = {"layout": layout, "chunk_size": chunk_size, "unpadded": unpadded, "compile": compile,
            "length_buckets": length_buckets,  # length_buckets -1: one window over all the run's steps
-           "cudnn_attention": cudnn_attention}
+           "cudnn_attention": cudnn_attention, "attention": attention}
     if precision is not None:
         out["precision"] = precision
     return out

@@ -124,13 +124,14 @@ def _batch(folder, data, layout, dev, n=6):
     return pairs, pad, collate(pairs, pad, dev)
 
 
-def _loss_and_grads(folder, data, dtype, dev, layout, preset="paper", autocast=False, chunk=7):
+def _loss_and_grads(folder, data, dtype, dev, layout, preset="paper", autocast=False, chunk=7, attention="sdpa"):
     from minorpo import objective
     from minorpo.loader import load
     model, _ = load(folder, dtype=dtype)
     model.to(dev)
     pairs, pad, batch = _batch(folder, data, layout, dev)
-    spec = objective.LossSpec(method="orpo", lam=0.5, preset=preset, chunk_size=chunk, pad_id=pad, layout=layout)
+    spec = objective.LossSpec(method="orpo", lam=0.5, preset=preset, chunk_size=chunk, pad_id=pad, layout=layout,
+                              attention=attention)
     counts = objective.count_targets(pairs, spec)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
         loss, _ = objective.loss_and_metrics(model, batch, spec, counts)
@@ -156,6 +157,17 @@ def check_loss(folders, data, dev):
     lb, gb = _loss_and_grads(folder, data, torch.float32, dev, "shared", autocast=True)
     check("ORPO loss under bf16 autocast, CUDA vs CPU float64", rel(lb, ref_l), 2e-2, "bf16 operands")
     check("bf16 autocast gradient is finite", float(torch.isfinite(gb).all()), 1.0, "no NaN/inf", kind=">=")
+    if dev.type != "cuda":  # FlexAttention has no CPU backward; tests/test_flex_attention.py checks its CPU forward
+        print("(FlexAttention checks skipped: CUDA only)")
+        return
+    _, ref_g = _loss_and_grads(folder, data, torch.float64, torch.device("cpu"), "shared")
+    lf, gf = _loss_and_grads(folder, data, torch.float32, dev, "shared", attention="flex")
+    check("ORPO loss, shared layout, FlexAttention: CUDA fp32 vs CPU float64", rel(lf, ref_l), 1e-5,
+          "float32 vs float64 (fails at ~1e-3 if FlexAttention's float32 matmuls use TF32)")
+    check("ORPO grad, shared layout, FlexAttention: CUDA fp32 vs CPU float64", rel(gf, ref_g), 1e-4,
+          "float32 vs float64, sums over positions")
+    lfb, _ = _loss_and_grads(folder, data, torch.float32, dev, "shared", autocast=True, attention="flex")
+    check("ORPO loss, FlexAttention under bf16 autocast, CUDA vs CPU float64", rel(lfb, ref_l), 2e-2, "bf16 operands")
 
 
 def _train(folder, data, out, dev, **kw):
@@ -199,6 +211,13 @@ def check_training(folders, data, dev, root: Path):
     m_c, _, _ = _train(folder, data, root / "ckpt-gpu", dev, gradient_checkpointing=True)
     check("gradient checkpointing on vs off, CUDA, 3 SGD steps: parameters",
           rel(_params(m_c) - _params(m0), upd_gpu), 1e-5, "the same kernels recomputed")
+    if dev.type == "cuda":  # FlexAttention through train(): a new sequence length each step (dynamic compilation)
+        m_s, _, l_s = _train(folder, data, root / "sgd-shared", dev, layout="shared")
+        m_f, _, l_f = _train(folder, data, root / "sgd-flex", dev, layout="shared", attention="flex")
+        check("3 SGD steps, shared layout, FlexAttention vs SDPA on CUDA: per-step loss",
+              max(abs(a - b) / abs(b) for a, b in zip(l_f, l_s)), 1e-5, "float32 vs float32, other attention kernel")
+        check("3 SGD steps, shared layout, FlexAttention vs SDPA on CUDA: parameter update",
+              rel(_params(m_f) - _params(m0), _params(m_s) - _params(m0)), 1e-4, "float32, gradient sums")
     # resume: 4 steps straight vs 2 steps + checkpoint + resume to 4 (AdamW, so optimizer state must come back)
     kw = dict(optimizer="adamw", lr=1e-3, max_grad_norm=1.0, max_steps=4)
     _, _, straight = _train(folder, data, root / "straight", dev, **kw)

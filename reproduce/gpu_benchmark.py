@@ -25,7 +25,8 @@ with prompt / response lengths drawn uniformly from --prompt-len / --response-le
 reproduce/benchmark.py's machinery runs minorpo (the --variants: by default layout shared, rows padded to the batch's
 longest - one forward per micro-batch, as a GPU wants -, chunked log-probs, eager, cuDNN attention off, precision
 bf16 = autocast over float32 weights; then bf16 weights with float32 masters (shared-bf16w, minorpo/master.py),
-compiled, both, padded layout; cuDNN attention allowed on request) and TRL (ORPOConfig bf16=True, the same autocast)
+FlexAttention (shared-flex, --attention flex), the two together compiled, compiled alone, padded layout; cuDNN
+attention allowed on request) and TRL (ORPOConfig bf16=True, the same autocast)
 on the same batches, AdamW, lr 1e-5, no LoRA (full fine-tuning), no gradient checkpointing: see that script's
 docstring for how the two are made equal.
 
@@ -153,6 +154,10 @@ VARIANTS = {  # minorpo configurations (benchmark.variant); the first one named 
     # bf16 weights with float32 master copies (minorpo/master.py): no autocast re-casting of weights each forward
     "shared-bf16w": dict(layout="shared", precision="bf16-weights"),
     "shared-bf16w-compiled": dict(layout="shared", precision="bf16-weights", compile=True),
+    # FlexAttention with the shared layout's block mask (--attention flex): masked 128x128 blocks skipped
+    "shared-flex": dict(layout="shared", attention="flex"),
+    "shared-bf16w-flex": dict(layout="shared", precision="bf16-weights", attention="flex"),
+    "shared-bf16w-flex-compiled": dict(layout="shared", precision="bf16-weights", attention="flex", compile=True),
     "shared-unpadded": dict(layout="shared", unpadded=True),  # one forward per row, no padding at all
     "padded": dict(layout="padded"),  # chosen and rejected rows, as TRL lays them out
     # with cuDNN's attention kernel allowed (--cudnn-attention; off by default, see minorpo train --help)
@@ -216,7 +221,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="qwen2.5-0.5b,smollm2-135m", help="comma list of: " + ", ".join(SHAPES))
-    ap.add_argument("--variants", default="shared,shared-bf16w,shared-compiled,shared-bf16w-compiled,padded",
+    ap.add_argument("--variants", default="shared,shared-bf16w,shared-flex,shared-bf16w-flex-compiled,shared-compiled,"
+                                          "shared-bf16w-compiled,padded",
                     help="minorpo configurations, comma list of: " + ", ".join(VARIANTS) + " (default %(default)s); "
                          "the first is the headline 'minorpo' run compared with TRL")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu with --tiny for a smoke test")

@@ -1,0 +1,117 @@
+"""FlexAttention for the shared-prompt layout (`--attention flex`, model.flex_block_mask): same numbers, fewer blocks.
+
+PyTorch's FlexAttention has no CPU backward, so on the CPU these tests check the forward only (training with it
+needs CUDA; reproduce/cuda_check.py compares its loss and gradient with SDPA's there). Oracles:
+  * the same model with SDPA and the dense [B, T, T] block mask (collate.py). float64 on both sides, different
+    kernels (FlexAttention's reference path vs SDPA's math path: another order of summation), so 1e-10 relative;
+    a wrong mask (a rejected token seeing the chosen response, say) moves log-probs by 1e-2 or more;
+  * for which blocks are skipped: the 128 x 128 blocks of the dense mask that hold no allowed pair, counted here.
+"""
+
+import pytest
+import torch
+
+from conftest import assert_close
+from minorpo import objective
+from minorpo.collate import collate_shared_prompt
+from minorpo.data import DataConfig, load_preferences
+from minorpo.loader import load
+from minorpo.model import flex_block_mask
+from minorpo.train import TrainConfig, train
+from test_train import tiny_run_files
+
+pytest.importorskip("torch.nn.attention.flex_attention")
+pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+
+RTOL = 1e-10  # float64, another kernel (see the module docstring)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return tiny_run_files(tmp_path_factory.mktemp("flex"), seed=2)
+
+
+def _model_and_pairs(inputs, arch_folder=None):
+    folder, data = inputs
+    model, tok = load(arch_folder or folder, dtype=torch.float64)
+    pairs = load_preferences(str(data), tok, DataConfig(max_length=64)).examples
+    return model.eval(), tok, pairs
+
+
+def test_forward_equals_sdpa_with_the_dense_mask(inputs):
+    """Hidden states of a shared-layout batch of 6 pairs (rows of unequal length, so padding too), GQA model."""
+    model, tok, pairs = _model_and_pairs(inputs)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA is exercised
+    batch = collate_shared_prompt(pairs[:6], 0)
+    with torch.no_grad():
+        dense = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                      position_ids=batch["position_ids"], return_hidden=True)
+        flex = model(batch["input_ids"], attention_mask=flex_block_mask(batch["attention_mask"]),
+                     position_ids=batch["position_ids"], return_hidden=True)
+    assert_close(flex, dense, rtol=RTOL, atol=1e-12, what="hidden states, flex vs sdpa")
+
+
+@pytest.mark.parametrize("unpadded", [False, True])
+def test_token_logps_equal_sdpa(inputs, unpadded):
+    """objective.token_logps (what training differentiates) with LossSpec(attention="flex") vs "sdpa"."""
+    model, tok, pairs = _model_and_pairs(inputs)
+    batch = collate_shared_prompt(pairs[6:10], 0)
+    out = {}
+    with torch.no_grad():
+        for attention in ("sdpa", "flex"):
+            spec = objective.LossSpec(layout="shared", unpadded=unpadded, attention=attention, chunk_size=16)
+            out[attention] = objective.token_logps(model, batch, spec)
+    for field in ("chosen", "rejected"):
+        assert_close(getattr(out["flex"], field), getattr(out["sdpa"], field), rtol=RTOL, atol=1e-12, what=field)
+    assert torch.equal(out["flex"].chosen_mask, out["sdpa"].chosen_mask)
+
+
+def test_skipped_blocks_are_those_the_mask_rules_out():
+    """Three shared-layout rows of 300-700 tokens: the BlockMask's skipped 128 x 128 blocks are exactly the blocks
+    of the dense mask with no allowed pair, counted by hand; and at this length at least a third of the blocks are
+    skipped (causality alone skips n(n-1)/2 of n^2 blocks per row, 15 of 36 at n = 6): work SDPA with a dense mask
+    does and FlexAttention does not."""
+    from minorpo.data import TokenizedPair
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for P, C, R in [(400, 150, 150), (200, 60, 40), (500, 90, 110)]:
+        ids = torch.randint(1, 100, (P + C + R,), generator=g).tolist()
+        pairs.append(TokenizedPair(where=f"row {len(pairs)}", prompt_ids=ids[:P], chosen_ids=ids[P:P + C],
+                                   rejected_ids=ids[P + C:]))
+    batch = collate_shared_prompt(pairs, 0)
+    allowed = batch["attention_mask"]                                          # [B, T, T]
+    B, T, _ = allowed.shape
+    bm = flex_block_mask(allowed)
+    n = -(-T // 128)
+    padded = torch.zeros(B, n * 128, n * 128, dtype=torch.bool)
+    padded[:, :T, :T] = allowed | torch.eye(T, dtype=torch.bool)
+    any_allowed = padded.view(B, n, 128, n, 128).any(dim=(2, 4))              # [B, n, n] blocks with work
+    kept = bm.kv_num_blocks.sum() + (bm.full_kv_num_blocks.sum() if bm.full_kv_num_blocks is not None else 0)
+    print(f"\nT = {T}: {int(any_allowed.sum())} of {B * n * n} blocks computed "
+          f"({100 * (1 - int(any_allowed.sum()) / (B * n * n)):.1f}% skipped)")
+    assert int(kept) == int(any_allowed.sum())
+    assert int(any_allowed.sum()) <= (2 / 3) * B * n * n
+
+
+def test_flex_needs_the_shared_layout_and_cuda(inputs, tmp_path):
+    with pytest.raises(ValueError, match="flex.*shared"):
+        objective.LossSpec(layout="padded", attention="flex")
+    with pytest.raises(ValueError, match="attention must be"):
+        objective.LossSpec(layout="shared", attention="flash")
+    folder, data = inputs
+    cfg = TrainConfig(model=str(folder), data=str(data), out=str(tmp_path / "run"), layout="shared", attention="flex",
+                      device="cpu", max_steps=1, progress=False)
+    with pytest.raises(ValueError, match="CUDA only"):
+        train(cfg)
+
+
+def test_block_mask_refuses_sliding_window_layers(tmp_path):
+    """Mistral's sliding window is not folded into the BlockMask: the model says so instead of ignoring it."""
+    from minorpo.loader import load_model
+    from tiny_models import saved
+    _, folder = saved("mistral", tmp_path / "mistral")
+    model = load_model(folder).eval()
+    ids = torch.randint(0, 200, (1, 12))
+    allowed = torch.ones(1, 12, 12, dtype=torch.bool).tril()
+    with torch.no_grad(), pytest.raises(ValueError, match="sliding-window"):
+        model(ids, attention_mask=flex_block_mask(allowed), position_ids=torch.arange(12)[None])
