@@ -25,7 +25,14 @@ once and each target gathered - the shared-prompt layout needs this, because the
 both the first chosen and the first rejected token.
 
 `token_logps_reference` is the same computation written the obvious (unchunked) way, for tests and teaching.
+
+Inside `with compiled_head():` (what `minorpo train --compile` uses) the per-chunk elementwise work - the cast of
+the logits to float32, the logsumexp, and in backward softmax, scaling, the target terms and the cast back - runs
+as torch.compile'd kernels that read each [C, V] block once, instead of one pass (and one [C, V] temporary) per
+operation. The matmuls are the same; the results agree with the plain path to float32 rounding.
 """
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +112,44 @@ def _head_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
+_COMPILED_HEAD = False  # set by compiled_head(); read by ChunkedTokenLogps.forward, which keeps it for backward
+_COMPILED_FNS = {}
+
+
+@contextlib.contextmanager
+def compiled_head(enabled: bool = True):
+    """Run ChunkedTokenLogps's per-chunk elementwise work as fused, compiled kernels within this context (see the
+    module docstring). The choice is made in forward and kept for that call's backward, which runs later."""
+    global _COMPILED_HEAD
+    before, _COMPILED_HEAD = _COMPILED_HEAD, enabled
+    try:
+        yield
+    finally:
+        _COMPILED_HEAD = before
+
+
+def _chunk_lse(logits: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """logsumexp over the vocabulary in the accumulation dtype: [C, V] -> [C]."""
+    return torch.logsumexp(logits.to(acc), dim=-1)
+
+
+def _chunk_grad_logits(logits, lse, g, g_total, safe):
+    """d(sum_k g_k logp_k)/d logits = sum_k g_k onehot(target_k) - (sum_k g_k) softmax, in one expression so
+    that compiled it is one pass over the [C, V] block. logits [C, V] (head dtype), lse [C], g [K, C] and
+    g_total [C] (accumulation dtype), safe [K, C] target ids. Returns [C, V] in the logits' dtype."""
+    grad = torch.exp(logits.to(lse.dtype) - lse[:, None]) * -g_total[:, None]                 # [C, V]
+    vocab = torch.arange(logits.shape[1], device=logits.device)                                # [V]
+    for k in range(safe.shape[0]):  # K = 1 or 2 target tensors: unrolled when compiled
+        grad = grad + torch.where(vocab[None, :] == safe[k][:, None], g[k][:, None], 0.0)       # [C, V]
+    return grad.to(logits.dtype)
+
+
+def _compiled(fn):
+    if fn not in _COMPILED_FNS:
+        _COMPILED_FNS[fn] = torch.compile(fn, dynamic=True)  # the last chunk of a call is shorter: dynamic C
+    return _COMPILED_FNS[fn]
+
+
 class ChunkedTokenLogps(torch.autograd.Function):
     """log P(targets) for M positions given their hidden states and the output head weight, chunk by chunk.
 
@@ -123,14 +168,20 @@ class ChunkedTokenLogps(torch.autograd.Function):
         safe = targets.clamp(min=0).long()  # [K, M]; IGNORE_INDEX gathers token 0, zeroed below
         out = torch.empty(targets.shape, dtype=acc, device=hidden.device)  # [K, M]
         lse = torch.empty(M, dtype=acc, device=hidden.device)  # [M]
+        fused = _COMPILED_HEAD and hidden.device.type != "meta"
         for s in range(0, M, chunk_size):
             e = min(s + chunk_size, M)
+            if fused:  # the cast and logsumexp in one compiled pass; gather from the head-dtype logits (exact)
+                logits = F.linear(h[s:e], w)  # [C, V] in the head dtype
+                lse[s:e] = _compiled(_chunk_lse)(logits, acc)  # [C]
+                out[:, s:e] = logits.gather(1, safe[:, s:e].T).T.to(acc) - lse[s:e]  # [K, C]
+                continue
             logits = F.linear(h[s:e], w).to(acc)  # [C, V], same values lm_head would give
             lse[s:e] = torch.logsumexp(logits, dim=-1)  # [C]
             out[:, s:e] = logits.gather(1, safe[:, s:e].T).T - lse[s:e]  # [K, C]
         out = out.masked_fill(targets == IGNORE_INDEX, 0.0)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size, ctx.head = chunk_size, head
+        ctx.chunk_size, ctx.head, ctx.fused = chunk_size, head, fused
         return out
 
     @staticmethod
@@ -146,15 +197,20 @@ class ChunkedTokenLogps(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None  # [V, H]
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = min(s + ctx.chunk_size, hidden.shape[0])
-            logits = F.linear(h[s:e], w).to(acc)  # [C, V], recomputed
-            grad_logits = (logits - lse[s:e, None]).exp_().mul_(-g_total[s:e, None])  # -(sum g) softmax  [C, V]
-            grad_logits.scatter_add_(1, safe[:, s:e].T, g[:, s:e].T)  # + g_k at target k  [C, V]
-            grad_logits = grad_logits.to(ctx.head)
+            if ctx.fused:  # one compiled pass: softmax, scale, target terms, cast to the head dtype
+                grad_logits = _compiled(_chunk_grad_logits)(F.linear(h[s:e], w), lse[s:e], g[:, s:e],
+                                                            g_total[s:e], safe[:, s:e])  # [C, V]
+            else:
+                logits = F.linear(h[s:e], w).to(acc)  # [C, V], recomputed
+                grad_logits = (logits - lse[s:e, None]).exp_().mul_(-g_total[s:e, None])  # -(sum g) softmax  [C, V]
+                grad_logits.scatter_add_(1, safe[:, s:e].T, g[:, s:e].T)  # + g_k at target k  [C, V]
+                grad_logits = grad_logits.to(ctx.head)
+                del logits
             if need_h:
                 grad_h[s:e] = grad_logits @ w  # [C, H]
             if need_w:
                 grad_w += (grad_logits.T @ h[s:e]).to(acc)  # [V, H], summed over chunks in float32/64
-            del logits, grad_logits
+            del grad_logits
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None
 
 

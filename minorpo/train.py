@@ -37,6 +37,7 @@ import torch.distributed as dist
 from minorpo import objective
 from minorpo.checkpoint import latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from minorpo.fileio import atomic_write
+from minorpo.logprobs import compiled_head
 from minorpo.master import MasterWeights
 
 
@@ -93,9 +94,10 @@ class TrainConfig:
                                                              "(no padded tokens; faster on a CPU, slower on a GPU)"})
     length_buckets: int = field(default=0, metadata={"help": "0 = off; N: take the pairs of N consecutive steps, sort them by length "
                                                              "and deal them out as N batches in a seeded order (less padding)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block: fused elementwise ops, fewer saved "
-                                                            "activations (SmolLM2 on 2 CPU cores: ~22% less peak memory, about the "
-                                                            "same speed); the first step pays the compilation (~30 s there)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block and the output head's per-chunk "
+                                                            "elementwise work (logsumexp, softmax gradient): fused elementwise ops, "
+                                                            "fewer saved activations (SmolLM2 on 2 CPU cores: ~22% less peak memory, "
+                                                            "about the same speed); the first step pays the compilation (~30 s there)"})
     cudnn_attention: bool = field(default=False, metadata={"help": "CUDA only: allow cuDNN's attention kernel. Off by default: "
                                                                    "it builds a plan for every new sequence length, which on an H100 "
                                                                    "cost +0.14 s per step (Qwen2.5-0.5B shape, 8 pairs) for a 7% gain "
@@ -175,8 +177,16 @@ class Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.backend = "nccl" if device.type == "cuda" else "gloo"
+
+    def start(self):
+        """Create the process group. train() does this only once the model is built, on purpose: PyTorch (2.13)
+        keeps references to the default process group from the first random op on the meta device (the loader
+        builds the model there) made while one exists; destroy_process_group then cannot stop gloo's worker
+        threads, and one that frees a tensor during interpreter shutdown aborts the process ("terminate called
+        without an active exception", about 1 run in 100). tests/test_train.py checks that the threads are gone."""
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(backend=self.backend)
 
     @property
     def main(self) -> bool:
@@ -280,6 +290,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     n_total = sum(p.numel() for p in model.parameters())
     log(f"model: {n_total/1e6:.1f}M parameters, {n_trainable/1e6:.3f}M trainable "
         f"({'LoRA r=%d' % cfg.lora_r if cfg.lora_r else 'full fine-tuning'}), device {device}, precision {cfg.precision}")
+    ddp.start()  # after the model is built (see Distributed.start)
     ddp.broadcast_parameters(params)
     master = None
     if cfg.precision == "bf16-weights" and cfg.lora_r == 0:  # the optimizer updates float32 copies (master.py)
@@ -341,7 +352,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
         if not eval_set:
             return {}
         model.eval()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast, compiled_head(cfg.compile):
             ev = objective.evaluate(model, eval_set, pad_id, spec, batch_size=cfg.batch_size, device=device)
         model.train()
         ev = ddp.mean_dict(ev) if ddp.world > 1 else ev
@@ -368,7 +379,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
         sums = {}
         for chunk in micro:
             batch = collate([train_set[i] for i in chunk], pad_id, device)
-            with autocast:
+            with autocast, compiled_head(cfg.compile):  # --compile: the output head's elementwise work fused too
                 loss, parts = objective.loss_and_metrics(model, batch, spec, counts, model_for_ref=model,
                                                          reference=reference)
             loss.backward()  # gradients add up over micro-batches

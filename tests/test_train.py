@@ -191,6 +191,16 @@ def test_truncated_checkpoint_falls_back_to_previous(tiny_run_inputs, tmp_path):
     assert "resumed from" in r.stdout and "step-000004" in r.stdout
 
 
+RANK_SCRIPT = """import os, sys
+from minorpo.cli import main
+rc = main(sys.argv[1:])
+names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+print("THREADS rank", os.environ["RANK"], names, flush=True)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through /proc (Linux)")
 def test_two_process_gloo_equals_one_process(tiny_run_inputs, tmp_path):
     """torchrun with 2 CPU processes (gloo) ends with the parameters of 1 process over the same global batch.
 
@@ -204,10 +214,20 @@ def test_two_process_gloo_equals_one_process(tiny_run_inputs, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cli(tmp_path / "one", folder, data, *common, "--batch-size", "4"), check=True, env=env,
                    capture_output=True)
+    # each rank runs `minorpo train` (cli.main), then reports the threads its process still has
+    launcher = tmp_path / "rank.py"
+    launcher.write_text(RANK_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "minorpo"] + _cli(tmp_path / "two", folder, data, *common, "--batch-size", "2")[3:]
+           str(launcher)] + _cli(tmp_path / "two", folder, data, *common, "--batch-size", "2")[3:]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    # After train() returns, gloo's worker threads must be gone (destroy_process_group joined them). Were they left,
+    # one freeing a tensor during interpreter shutdown would abort the process now and then (see
+    # minorpo.train.Distributed.start): this checks the cause every run instead of waiting for the rare crash.
+    threads = [line for line in r.stdout.splitlines() if line.startswith("THREADS")]
+    assert len(threads) == 2, r.stdout[-2000:]
+    for line in threads:
+        assert "gloo" not in line, line
     one = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
     two = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
     base = load_file(Path(folder) / "model.safetensors")
