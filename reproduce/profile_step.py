@@ -1,6 +1,7 @@
 """Where a minorpo training step spends its time on a GPU: phase timings and the profiler's top operations.
 
-  python reproduce/profile_step.py [--model qwen2.5-0.5b] [--steps 8] [--out DIR]
+  python reproduce/profile_step.py [--model qwen2.5-0.5b] [--steps 8] [--precision bf16-weights] [--attention flex]
+                                  [--out DIR]
 
 One bf16 full fine-tuning ORPO step (the training loop's own pieces: collate, objective.loss_and_metrics, backward,
 clipping, fused AdamW) on a random-weight model of the given shape (reproduce/gpu_benchmark.py's SHAPES) and random
@@ -11,8 +12,11 @@ rows of varying length, timed phase by phase with a device synchronization betwe
   optim     gradient clipping, AdamW step, zero_grad
 Each configuration runs every batch twice in a row: the second pass sees a sequence length it has seen before, so
 a cost paid once per new shape (kernel plans built per shape, autotuning) shows as first-pass minus second-pass.
-Configurations: SDPA with and without cuDNN's attention kernel. Then torch.profiler over the last configuration's
-steps: the top operations by GPU time and by CPU time (tables written to DIR).
+Configurations: SDPA with and without cuDNN's attention kernel (with --attention flex: FlexAttention only). Then
+torch.profiler over the last configuration's steps: the top operations by GPU time and by CPU time (tables written
+to DIR). --precision bf16 (default) is autocast over float32 weights; bf16-weights keeps the weights in bf16 and
+updates float32 masters (minorpo/master.py), as `minorpo train --precision bf16-weights --lora-r 0`.
+--model tiny --device cpu runs it on a CPU in seconds (a smoke test; CPU numbers say nothing about a GPU).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per batch (default 8)")
     ap.add_argument("--layout", default="shared", choices=["shared", "padded"])
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "bf16-weights"])
+    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "flex"], help="flex needs --layout shared and CUDA")
     ap.add_argument("--out", default=None, help="folder for the profiler tables")
     args = ap.parse_args(argv)
     import torch
@@ -54,16 +60,22 @@ def main(argv=None) -> int:
         lens = ((4, 20), (2, 12)) if tiny else ((64, 640), (32, 320))
         data = gpu_benchmark.write_rows(Path(tmp, "d.jsonl"), 4 * args.steps * args.batch_size, shape["vocab_size"], *lens)
         plan = benchmark.make_plan(folder, str(data), 48 if tiny else 1024, args.steps * args.batch_size)
-        model, tok = load(folder)
+        model, tok = load(folder, dtype=torch.bfloat16 if args.precision == "bf16-weights" else torch.float32)
     model.to(dev).train()
     pairs = build_examples(((r["where"], r) for r in plan["rows"]), tok, benchmark.data_config()).examples
     batches = [pairs[i * args.batch_size:(i + 1) * args.batch_size] for i in range(args.steps)]
     pad = objective.pad_token_id(tok)
-    spec = objective.LossSpec(method="orpo", lam=0.1, preset="trl", pad_id=pad, layout=args.layout)
+    spec = objective.LossSpec(method="orpo", lam=0.1, preset="trl", pad_id=pad, layout=args.layout,
+                              attention=args.attention)
     collate = objective.collate_shared if args.layout == "shared" else objective.collate
     params = [p for p in model.parameters() if p.requires_grad]
+    master = None
+    if args.precision == "bf16-weights":  # the optimizer updates float32 copies, as train() does
+        from minorpo.master import MasterWeights
+        master = MasterWeights([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+        params = master.params
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True if cuda else None)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def step(bp, times):
         sync()
@@ -82,6 +94,8 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if master is not None:
+            master.copy_to_model()
         sync()
         t4 = time.perf_counter()
         for k, v in zip(("prep", "forward", "backward", "optim"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -90,6 +104,8 @@ def main(argv=None) -> int:
         times.setdefault("T", []).append(batch["input_ids" if "input_ids" in batch else "chosen_input_ids"].shape[1])
 
     configs = [("cudnn attention allowed", True), ("cudnn attention off", False)] if cuda else [("cpu", None)]
+    if args.attention == "flex":  # cuDNN is an SDPA kernel: nothing to switch
+        configs = [("flex attention", None)]
     step(batches[0], {})  # first-ever step: CUDA context, cuBLAS handles, allocator
     for name, cudnn in configs:
         if cudnn is not None:
@@ -98,7 +114,7 @@ def main(argv=None) -> int:
         for bp in batches:
             step(bp, first)
             step(bp, second)
-        print(f"\n{args.model}, {name}: median seconds per phase over {len(batches)} batches "
+        print(f"\n{args.model}, {args.precision}, {name}: median seconds per phase over {len(batches)} batches "
               f"(T {min(first['T'])}-{max(first['T'])})")
         print(f"{'pass':<28}" + "".join(f"{k:>10}" for k in ("prep", "forward", "backward", "optim", "total")))
         for label, t in (("first time at this length", first), ("same batch again", second)):

@@ -120,3 +120,14 @@ def test_cuda_check_script_passes_on_cpu(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     results = json.loads(out.read_text())["results"]
     assert len(results) == 35 and all(c["pass"] for c in results)
+
+
+def test_profile_step_runs_tiny_on_cpu():
+    """reproduce/profile_step.py --model tiny --device cpu with bf16 weights and float32 masters: the phase table
+    (first pass and repeat, five phases each) and the profiler summary are printed; every phase took some time."""
+    r = subprocess.run([sys.executable, str(REPO / "reproduce" / "profile_step.py"), "--model", "tiny", "--device", "cpu",
+                        "--steps", "2", "--precision", "bf16-weights"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith(("first time", "same batch"))]
+    assert len(rows) == 2 and all(all(float(x) > 0 for x in row[-5:]) for row in rows), rows
+    assert "tiny, bf16-weights, cpu" in r.stdout and "CPU-side events" in r.stdout
