@@ -4,7 +4,8 @@
 #      SmolLM2-135M shapes: tokens/s, MFU, peak memory (issue 7's GPU goals);
 #   2. reproduce/cuda_check.py: correctness on CUDA (forward vs transformers, loss and gradient vs float64,
 #      layouts, bf16, fused AdamW, checkpointing, resume, LoRA export).
-# PROFILE=1 first runs reproduce/profile_step.py (phase timings, profiler tables); CHECK=0 skips cuda_check.py.
+# PROFILE=1 first runs reproduce/profile_step.py (phase timings, profiler tables; PROFILE_ARGS="--precision
+# bf16-weights --attention flex" profiles those paths); CHECK=0 skips cuda_check.py.
 # Logs and JSON go to $OUT (default reproduce/results/gpu). A GPU machine without trl/datasets: put their wheels
 # in .whl/ at the repository root (reproduce/gpu_benchmark.py --help says which) and they are installed in
 # /tmp/site first; .whl/extra/ holds wheels installed only when the machine's pyarrow is older than datasets needs.
@@ -30,7 +31,8 @@ for m in ('trl', 'datasets', 'pyarrow', 'accelerate'):
     except Exception as e: print(m, 'missing:', e)
 " 2>&1 | tee -a "$OUT/gpu.txt"
 if [ "${PROFILE:-0}" = 1 ]; then  # where a step's time goes (reproduce/profile_step.py)
-  timeout "${PROFILE_TIMEOUT:-90}" python3 reproduce/profile_step.py --out "$OUT" 2>&1 | tee "$OUT/profile_step.log"
+  timeout "${PROFILE_TIMEOUT:-90}" python3 reproduce/profile_step.py --out "$OUT" ${PROFILE_ARGS:-} 2>&1 \
+    | tee "$OUT/profile_step.log"
 fi
 timeout "${BENCH_TIMEOUT:-330}" python3 reproduce/gpu_benchmark.py --json "$OUT/gpu_benchmark.json" "$@" \
   2>&1 | tee "$OUT/gpu_benchmark.log"
