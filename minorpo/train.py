@@ -247,9 +247,11 @@ class Distributed:
 
 def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     """Run training; returns the final metrics. `model`, `tokenizer` and tokenized `pairs` may be passed in
-    (the tests do) instead of being loaded from cfg.model / cfg.data."""
-    from minorpo.lora import apply_lora, save_peft_adapter
+    (the tests do) instead of being loaded from cfg.model / cfg.data.
 
+    Whatever happens, the process group (torchrun) is closed and PyTorch's process-wide cuDNN-attention switch is
+    set back to what it was: a notebook that trains and then generates gets its own setting back.
+    """
     device = pick_device(cfg.device)
     if cfg.attention == "flex" and device.type != "cuda":
         raise ValueError(f"--attention flex trains on CUDA only (PyTorch's FlexAttention has no backward on {device.type}); "
@@ -257,6 +259,18 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     if cfg.attention == "flex" and cfg.layout != "shared":
         raise ValueError("--attention flex needs --layout shared (it skips the blocks of the shared layout's mask)")
     ddp = Distributed(device)
+    cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        return _train(cfg, device, ddp, model, tokenizer, pairs)
+    finally:
+        ddp.close()
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_before)
+
+
+def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs) -> dict:
+    """train()'s body: model, data, optimizer, the loop, the export."""
+    from minorpo.lora import apply_lora, save_peft_adapter
+
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     if device.type == "cuda" and ddp.world > 1:
@@ -422,7 +436,6 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
             save(model, tokenizer, out / "final")
         log(f"done: {cfg.max_steps - start_step} steps in {time.time() - t_start:.1f}s; "
             f"{'adapter in ' + str(out / 'adapter') + ', ' if cfg.lora_r else ''}merged model in {out / 'final'}")
-    ddp.close()
     return last
 
 

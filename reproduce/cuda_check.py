@@ -208,6 +208,10 @@ def check_training(folders, data, dev, root: Path):
     check("3 AdamW steps (fused on CUDA) vs CPU AdamW: parameter update",
           rel(_params(m_b) - _params(m0), _params(m_a) - _params(m0)), 1e-3,
           "Adam divides by sqrt(v): a gradient entry near eps flips its update's size, so looser than SGD's")
+    flag = torch.backends.cuda.cudnn_sdp_enabled()
+    _train(folder, data, root / "cudnn-on", dev, cudnn_attention=not flag, max_steps=1)
+    check("train() sets PyTorch's cuDNN-attention switch back afterwards (1 = restored)",
+          float(torch.backends.cuda.cudnn_sdp_enabled() == flag), 1.0, "process-wide switch", kind=">=")
     m_c, _, _ = _train(folder, data, root / "ckpt-gpu", dev, gradient_checkpointing=True)
     check("gradient checkpointing on vs off, CUDA, 3 SGD steps: parameters",
           rel(_params(m_c) - _params(m0), upd_gpu), 1e-5, "the same kernels recomputed")

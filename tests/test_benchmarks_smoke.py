@@ -119,7 +119,7 @@ def test_cuda_check_script_passes_on_cpu(tmp_path):
                         str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     results = json.loads(out.read_text())["results"]
-    assert len(results) == 35 and all(c["pass"] for c in results)
+    assert len(results) == 36 and all(c["pass"] for c in results)
 
 
 def test_profile_step_runs_tiny_on_cpu():
