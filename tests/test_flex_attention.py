@@ -115,3 +115,34 @@ def test_block_mask_refuses_sliding_window_layers(tmp_path):
     allowed = torch.ones(1, 12, 12, dtype=torch.bool).tril()
     with torch.no_grad(), pytest.raises(ValueError, match="sliding-window"):
         model(ids, attention_mask=flex_block_mask(allowed), position_ids=torch.arange(12)[None])
+
+
+@pytest.mark.slow  # dynamo traces the decoder block (no code generation: the aot_eager backend), ~10 s
+def test_compiled_blocks_trace_flex_once_for_all_lengths(inputs):
+    """`--compile --attention flex` on a GPU compiles each block with a BlockMask argument. On the CPU (no Triton)
+    the same tracing is checked with the aot_eager backend: three batches of different lengths, one graph for all
+    of them (dynamic shapes, no recompilation per length), forward equal to the eager dense-mask model (float64,
+    1e-10 as above)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+    model, tok, pairs = _model_and_pairs(inputs)
+    compiled = copy.deepcopy(model)
+    torch._dynamo.reset()
+    for layer in compiled.layers:
+        layer.compile(dynamic=True, backend="aot_eager")
+    graphs, shapes = [], set()
+    for i, n in enumerate([4, 6, 5]):
+        batch = collate_shared_prompt(pairs[10 * i:10 * i + n], 0)
+        shapes.add(tuple(batch["input_ids"].shape))
+        with torch.no_grad():
+            want = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"], return_hidden=True)
+            got = compiled(batch["input_ids"], attention_mask=flex_block_mask(batch["attention_mask"]),
+                           position_ids=batch["position_ids"], return_hidden=True)
+        assert_close(got, want, rtol=RTOL, atol=1e-12, what=f"batch {i} ({tuple(batch['input_ids'].shape)})")
+        graphs.append(counters["stats"]["unique_graphs"])
+    print(f"\ngraphs compiled after each batch: {graphs}")
+    assert len(shapes) == 3, shapes  # three different lengths and batch sizes
+    assert graphs[0] >= 1 and graphs[1] == graphs[0] and graphs[2] == graphs[0], graphs
+    torch._dynamo.reset()
