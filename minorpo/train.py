@@ -8,7 +8,9 @@ What one optimizer step does (global batch = batch_size x grad_accum x world_siz
   2. for each micro-batch: one forward over chosen and rejected rows, the loss of the method, backward,
      with the loss *normalized by the whole global batch's pair and token counts* so that accumulating
      micro-batches (or ranks) gives exactly the gradient of the whole batch taken at once,
-  3. clip the gradient norm, AdamW step, learning-rate schedule step,
+  3. sum the gradients over ranks (torchrun), clip their norm, AdamW step, learning-rate schedule step (with
+     --precision bf16-weights and full fine-tuning the step updates float32 master weights, which are then
+     rounded into the bf16 model: minorpo/master.py),
   4. log metrics (TRL's names) to RUN/metrics.jsonl; evaluate held-out pairs every eval_every steps;
      checkpoint every save_every steps (atomically; --resume continues from the newest intact one).
 At the end: the LoRA adapter as a PEFT folder (RUN/adapter) and a merged, transformers-loadable model (RUN/final).
