@@ -241,6 +241,43 @@ def test_two_process_gloo_equals_one_process(tiny_run_inputs, tmp_path):
     assert l2 == pytest.approx(l1, rel=1e-5)
 
 
+def test_two_process_bf16_master_weights_equal_one_process(tiny_run_inputs, tmp_path):
+    """torchrun, 2 CPU processes, full fine-tuning with bf16 weights and float32 masters (minorpo/master.py): the
+    gradients reach the masters through hooks and are summed over ranks there. One SGD step over a global batch of
+    4 pairs (2 x 2 vs 1 x 4): the masters' update equals the one-process update to bf16 accuracy, measured as
+    ||update_2 - update_1|| / ||update_1|| per tensor. Why not closer: the gradients are bf16 (8 significant bits);
+    one process rounds the batch's gradient once, two processes round each half and add in float32: ~2^-9
+    (measured 2.1e-3 to 2.6e-3): tolerance 2^-6. The tied embedding is worse, and not because of minorpo:
+    PyTorch's CPU embedding backward sums a token's occurrences in bf16 (checked by hand: a token seen 200 times
+    gets 1.7% error against 0.1% for one rounding), and its gradient is the bf16 sum of that and the output head's:
+    measured 1.6e-2, tolerance 2^-4. A missing or doubled all-reduce changes an update by half or all of itself."""
+    folder, data = tiny_run_inputs
+    common = ["--max-steps", "1", "--save-every", "1", "--optimizer", "sgd", "--lr", "0.05", "--preset", "trl",
+              "--max-grad-norm", "0", "--lora-r", "0", "--precision", "bf16-weights"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(tmp_path / "one", folder, data, *common, "--batch-size", "4"), check=True, env=env,
+                   capture_output=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           "-m", "minorpo"] + _cli(tmp_path / "two", folder, data, *common, "--batch-size", "2")[3:]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "checkpoints" / "step-000001" / "weights.safetensors")
+    two = load_file(tmp_path / "two" / "checkpoints" / "step-000001" / "weights.safetensors")
+    base = load_file(Path(folder) / "model.safetensors")
+    assert one.keys() == two.keys() and "model.layers.0.mlp.up_proj.weight" in one
+    errs = {}
+    for k in one:
+        assert one[k].dtype == torch.float32 and two[k].dtype == torch.float32  # masters
+        u1, u2 = one[k] - base[k].to(torch.bfloat16).float(), two[k] - base[k].to(torch.bfloat16).float()
+        assert u1.abs().max() > 0, k
+        errs[k] = ((u2 - u1).norm() / u1.norm()).item()
+    embed = errs.pop("model.embed_tokens.weight")
+    print(f"\nbf16 masters, 2 ranks vs 1 process: update rel. difference <= {max(errs.values()):.2e} "
+          f"(embedding {embed:.2e})")
+    assert embed <= 2 ** -4, embed
+    assert all(e <= 2 ** -6 for e in errs.values()), errs
+
+
 def test_cli_help_explains_every_option():
     r = subprocess.run([sys.executable, "-m", "minorpo", "train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
