@@ -163,6 +163,10 @@ def run_layers(model, x, layer_args, masks, kv_cache):
 def attend(q, k, v, mask, scale=None):
     """softmax(q k^T * scale + mask) v through PyTorch's fused kernel. q: (B, nh, T, hs), k/v: (B, nkv, S, hs)."""
     if is_flex_mask(mask):  # FlexAttention: blocks the mask rules out entirely are never computed; GQA built in
+        device = q.device.type
+        if torch.is_autocast_enabled(device):  # autocast casts SDPA's inputs to bf16; it does not know flex_attention
+            dtype = torch.get_autocast_dtype(device)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         return _flex_attention(q.is_cuda)(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     if k.shape[1] != q.shape[1]:  # GQA: query head j reads key/value head j // (nh / nkv)
         rep = q.shape[1] // k.shape[1]
