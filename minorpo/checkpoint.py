@@ -141,7 +141,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, master=None) -> dic
                          f"(missing {missing[:3]}, unexpected {extra[:3]}): was the run started with other LoRA settings?")
     model.load_state_dict(weights, strict=False)
     if master is not None:
-        master.load_state_dict(weights, source=f"{path}/weights.safetensors")
+        master.load_state_dict(weights)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)  # our own file: RNG tuples
     scheduler.load_state_dict(state["scheduler"])

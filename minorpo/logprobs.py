@@ -33,6 +33,7 @@ operation. The matmuls are the same; the results agree with the plain path to fl
 """
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,6 @@ def _head_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 _COMPILED_HEAD = False  # set by compiled_head(); read by ChunkedTokenLogps.forward, which keeps it for backward
-_COMPILED_FNS = {}
 
 
 @contextlib.contextmanager
@@ -144,10 +144,9 @@ def _chunk_grad_logits(logits, lse, g, g_total, safe):
     return grad.to(logits.dtype)
 
 
+@functools.cache
 def _compiled(fn):
-    if fn not in _COMPILED_FNS:
-        _COMPILED_FNS[fn] = torch.compile(fn, dynamic=True)  # the last chunk of a call is shorter: dynamic C
-    return _COMPILED_FNS[fn]
+    return torch.compile(fn, dynamic=True)  # the last chunk of a call is shorter: dynamic C
 
 
 class ChunkedTokenLogps(torch.autograd.Function):

@@ -40,8 +40,8 @@ class MasterWeights:
         self.names = [n for n, _ in names_and_params]
         self.model_params = [p for _, p in names_and_params]
         self.params = [torch.nn.Parameter(p.detach().float().clone()) for p in self.model_params]
-        self._hooks = [p.register_post_accumulate_grad_hook(self._hook(m))
-                       for p, m in zip(self.model_params, self.params)]
+        for p, m in zip(self.model_params, self.params):
+            p.register_post_accumulate_grad_hook(self._hook(m))
 
     @staticmethod
     def _hook(master):
@@ -65,18 +65,8 @@ class MasterWeights:
         return {n: m.detach().contiguous().cpu() for n, m in zip(self.names, self.params)}
 
     @torch.no_grad()
-    def load_state_dict(self, weights: dict, source: str = "checkpoint"):
-        """Set the masters (and so the model) from float32 weights keyed by parameter name."""
-        missing = [n for n in self.names if n not in weights]
-        if missing:
-            raise ValueError(f"{source}: no weights for {missing[:3]} ({len(missing)} of {len(self.names)} missing)")
+    def load_state_dict(self, weights: dict):
+        """Set the masters from float32 weights keyed by parameter name. checkpoint.load_checkpoint calls it after
+        loading the same weights into the model, which checked their names and shapes and rounded them to bf16."""
         for n, m in zip(self.names, self.params):
-            if weights[n].shape != m.shape:
-                raise ValueError(f"{source}: {n} has shape {tuple(weights[n].shape)}, the model's is {tuple(m.shape)}")
             m.copy_(weights[n])
-        self.copy_to_model()
-
-    def remove_hooks(self):
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []

@@ -26,6 +26,7 @@ The attention-mask and KV-cache plumbing below (`KVCache`, `prepare_attention`) 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -142,8 +143,7 @@ def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows
         # A query with no visible key (a padding row) would make softmax return NaN, and NaN * 0 is still NaN in
         # the backward pass. Letting every query see itself keeps those rows finite; real rows are unchanged
         # since a real token always sees itself anyway.
-        itself = torch.arange(S, device=device)[None, :] == torch.arange(past, S, device=device)[:, None]  # (T, S)
-        allowed = allowed | itself
+        allowed = allowed | query_itself(T, S, device)
         masks[window] = allowed[:, None]                                                  # (B, 1, T, S)
     return position_ids, masks
 
@@ -176,6 +176,11 @@ def attend(q, k, v, mask, scale=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
 
 
+def query_itself(T: int, S: int, device) -> torch.Tensor:
+    """(T, S) bool, True where key s is query t itself: the T queries are the last T of the S positions."""
+    return torch.arange(S, device=device)[None, :] == torch.arange(S - T, S, device=device)[:, None]
+
+
 def is_flex_mask(mask) -> bool:
     return type(mask).__name__ == "BlockMask"  # torch.nn.attention.flex_attention.BlockMask, without importing it
 
@@ -191,7 +196,7 @@ def flex_block_mask(allowed: torch.Tensor):
     """
     from torch.nn.attention.flex_attention import create_block_mask
     B, T, S = allowed.shape
-    allowed = allowed | (torch.arange(S, device=allowed.device)[None, :] == torch.arange(T, device=allowed.device)[:, None])
+    allowed = allowed | query_itself(T, S, allowed.device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed[b, q_idx, kv_idx]
@@ -199,16 +204,12 @@ def flex_block_mask(allowed: torch.Tensor):
     return create_block_mask(mask_mod, B, None, T, S, device=allowed.device)
 
 
-_FLEX = {}
-
-
+@functools.cache
 def _flex_attention(cuda: bool):
     """flex_attention, compiled on CUDA (its fast form: one generated kernel per mask_mod) and plain on the CPU
     (a slow reference path that PyTorch provides for the forward only: tests compare it with SDPA there)."""
-    if cuda not in _FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
-        _FLEX[cuda] = torch.compile(flex_attention, dynamic=True) if cuda else flex_attention
-    return _FLEX[cuda]
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=True) if cuda else flex_attention
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def _weights(tl: L.TokenLogps, spec: LossSpec, counts: dict):
     return nll_w, n / counts["pairs"]
 
 
-def loss_and_metrics(model, batch: dict, spec: LossSpec, counts: dict, model_for_ref=None, reference=None):
+def loss_and_metrics(model, batch: dict, spec: LossSpec, counts: dict, reference=None):
     """(loss to backpropagate, metrics to add up) for one micro-batch. See the module docstring."""
     tl = token_logps(model, batch, spec)
     nll_w, pair_w = _weights(tl, spec, counts)
@@ -157,7 +157,7 @@ def loss_and_metrics(model, batch: dict, spec: LossSpec, counts: dict, model_for
         loss, m = L.loss_from_token_logps(tl, spec.lam, spec.preset, objective, beta=spec.beta,
                                           weights=(nll_w, pair_w))
     elif spec.method == "dpo":
-        loss, m = _dpo(tl, batch, spec, model_for_ref, reference, pair_w)
+        loss, m = _dpo(tl, batch, spec, model, reference, pair_w)
     else:
         raise ValueError(f"unknown method {spec.method!r}: orpo, sft, dpo or pr")
     # loss / nll_loss / sft_loss are already this micro-batch's share; the rest are means over its pairs

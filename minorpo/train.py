@@ -396,8 +396,7 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs) -> dict:
         for chunk in micro:
             batch = collate([train_set[i] for i in chunk], pad_id, device)
             with autocast, compiled_head(cfg.compile):  # --compile: the output head's elementwise work fused too
-                loss, parts = objective.loss_and_metrics(model, batch, spec, counts, model_for_ref=model,
-                                                         reference=reference)
+                loss, parts = objective.loss_and_metrics(model, batch, spec, counts, reference=reference)
             loss.backward()  # gradients add up over micro-batches
             for key, v in parts.items():
                 sums[key] = sums.get(key, 0.0) + v

@@ -84,7 +84,7 @@ class Setup:
         if self.method == "sft":
             loss = sft_step_loss(self.model, batch, spec.chunk_size)
         else:
-            loss, _ = objective.loss_and_metrics(self.model, batch, spec, counts, model_for_ref=self.model,
+            loss, _ = objective.loss_and_metrics(self.model, batch, spec, counts,
                                                  reference=self.reference)
         loss.backward()
         self.optimizer.step()

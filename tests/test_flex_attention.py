@@ -31,9 +31,9 @@ def inputs(tmp_path_factory):
     return tiny_run_files(tmp_path_factory.mktemp("flex"), seed=2)
 
 
-def _model_and_pairs(inputs, arch_folder=None):
+def _model_and_pairs(inputs):
     folder, data = inputs
-    model, tok = load(arch_folder or folder, dtype=torch.float64)
+    model, tok = load(folder, dtype=torch.float64)
     pairs = load_preferences(str(data), tok, DataConfig(max_length=64)).examples
     return model.eval(), tok, pairs
 
