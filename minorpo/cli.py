@@ -7,7 +7,10 @@ module of the command being run is imported; `minorpo --help` imports them all t
 
 import argparse
 import importlib
+import os
 import sys
+
+from minorpo.errors import UserError
 
 # subcommand name -> module that defines add_cli(subparsers)
 COMMANDS = {
@@ -23,7 +26,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minorpo",
         description="ORPO from scratch: load a model, inspect preference data, train with ORPO/SFT/DPO, "
-                    "check other implementations. `minorpo COMMAND --help` explains each command.",
+                    "check other implementations. `minorpo COMMAND --help` explains each command. A mistake in a flag, "
+                    "file or row is reported in one line (exit status 2); `minorpo --debug COMMAND ...` or "
+                    "MINORPO_DEBUG=1 shows the traceback.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
@@ -34,12 +39,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("MINORPO_DEBUG", "") not in ("", "0")
+    if argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"minorpo: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
