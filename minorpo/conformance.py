@@ -1,19 +1,25 @@
 """`minorpo conformance`: which ORPO conventions does another implementation follow?
 
-Give it a model, a few preference pairs, and (optionally) the loss and metrics another implementation reported on
-exactly those pairs as ONE batch. It computes the loss and every metric under each preset of minorpo/loss.py
-(paper, trl, official, llamafactory), prints them side by side, and says which preset the reported numbers match
-and by how much the others differ.
+Give it a model, the pairs (or the other code's own collated batch, --batch) and the loss and metrics that code
+logged on exactly that batch. minorpo runs the model ONCE and computes every combination of conventions
+(minorpo/conventions.py): which tokens the NLL covers and how it is normalized, which tokens log P(y|x) averages,
+the preference term (odds ratio, probability ratio, none), lambda, and the positions logits/* average over. Each
+dimension is judged from the quantities that identify it, with its own tolerance; the verdict is the matching
+coordinates and the known implementations that share them (TRL/Liger/Axolotl, official, LLaMA-Factory, ms-swift,
+xtuner, the paper).
 
-    minorpo conformance --model DIR --data pairs.jsonl --limit 4 --lam 0.1 \
-        --loss 2.3456 --metric nll_loss=2.301 --metric rewards/chosen=-0.153
+    minorpo conformance --model DIR --data pairs.jsonl --limit 4 --add-bos --metrics-json trainer_state.json
 
-Where presets differ (see loss.py): which tokens the NLL covers (response, or prompt + response), how it is
-normalized (pooled token mean, or per-sequence mean), the official code's extra target and pad-id filter, and the
-tokens the logits/* metrics average over. So the loss and nll_loss separate paper from trl from official; logps/*
-separate official from the rest; logits/* separate llamafactory from paper; paper and llamafactory have the same
-loss. Batch composition matters for a token-mean NLL, so the other implementation must have seen exactly these
-pairs, tokenized the same way (see `minorpo data inspect`), as one batch.
+    minorpo conformance --model DIR --batch their_batch.safetensors --loss 2.3456 \\
+        --metric nll_loss=2.301 --metric log_odds_ratio=-0.693
+
+Report everything the other code logged: nll_loss (sft_loss) fixes the NLL dimension, logps/* and rewards/* the
+log-prob tokens and lambda, odds_ratio_loss / log_odds_ratio (or the loss with nll_loss) the preference term,
+logits/* the padded positions averaged. A loss alone cannot separate conventions. logits/* average over pad
+positions: they match only if the padding is the same (--pad-to-multiple-of 8 for LLaMA-Factory); if they fit no
+averaging they are left out of the verdict, with the reason printed. Batch composition matters for a token mean,
+so the other implementation must have seen exactly these pairs, tokenized the same way (`minorpo data inspect`;
+TRL prepends BOS: --add-bos), as one batch; --batch removes that doubt.
 """
 
 from __future__ import annotations
@@ -22,19 +28,29 @@ import argparse
 
 import torch
 
-from .collate import collate_padded, pad_token_id
-from .loss import PRESETS, get_conventions, orpo_loss
+from .conventions import DIMENSIONS, KNOWN, Predictor, combinations, score_batch
+from .errors import UserError
 
-# the quantities compared, in the order printed (sft_loss is nll_loss under LLaMA-Factory's name)
+# the quantities compared, in the order printed
 QUANTITIES = ["loss", "nll_loss", "odds_ratio_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen",
               "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
               "logits/chosen", "logits/rejected"]
-# names other implementations log -> ours (the official code's wandb names; LLaMA-Factory's sft_loss)
+# names other implementations log -> ours (LLaMA-Factory's sft_loss, the official code's wandb names, xtuner's)
 ALIASES = {"sft_loss": "nll_loss", "Positive Geometric Mean": "logps/chosen",
-           "Negative Geometric Mean": "logps/rejected", "Log Odds Ratio": "log_odds_ratio", "Log Odds": "log_odds_chosen"}
-DESCRIPTIONS = {"paper": "the paper's equations (response-only NLL, per-sequence mean)",
-                "trl": "TRL ORPOTrainer 1.x", "official": "the official xfactlab/orpo code",
-                "llamafactory": "LLaMA-Factory (pref_loss: orpo)"}
+           "Negative Geometric Mean": "logps/rejected", "Log Odds Ratio": "log_odds_ratio", "Log Odds": "log_odds_chosen",
+           "chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/rejected",
+           "reward_acc": "rewards/accuracies", "reward_margin": "rewards/margins"}
+DERIVED = "(loss - nll_loss) / lambda"
+# which dimensions each compared quantity depends on
+DEPENDS = {"nll_loss": ("nll_coverage", "nll_normalization"),
+           "loss": ("nll_coverage", "nll_normalization", "logps", "objective", "lam"),
+           DERIVED: ("logps", "objective", "lam"), **{q: ("logps", "objective") for q in
+                                                      ("odds_ratio_loss", "log_odds_ratio", "log_odds_chosen")},
+           **{q: ("logps", "lam") for q in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                             "rewards/margins")},
+           "logps/chosen": ("logps",), "logps/rejected": ("logps",),
+           "logits/chosen": ("logits",), "logits/rejected": ("logits",)}
+DIMENSION_NAMES = [*DIMENSIONS, "lam"]
 
 
 def canonical_name(name: str) -> str:
@@ -44,145 +60,263 @@ def canonical_name(name: str) -> str:
             name = name[len(prefix):]
     name = ALIASES.get(name, name)
     if name not in QUANTITIES:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(QUANTITIES)} (and {', '.join(ALIASES)})")
+        raise UserError(f"unknown metric {name!r}; known: {', '.join(QUANTITIES)} (and {', '.join(ALIASES)})")
     return name
 
 
-@torch.no_grad()
-def conformance_table(model, examples, pad_id: int, eos_id: int | None, lam: float | None = None,
-                      max_length: int | None = None, chunk_size: int = 1024) -> dict[str, dict[str, float]]:
-    """{preset: metrics} for the examples (data.TokenizedPair) as one right-padded batch.
-
-    pad_id pads the batch (what TRL and LLaMA-Factory pad with); the official preset uses eos_id as its pad id (its
-    code sets pad = eos), and rows whose length reached max_length count as truncated (no extra target).
-    lam: one lambda for every preset, or None for each preset's default.
-    """
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in collate_padded(list(examples), pad_id).items()}
-    if max_length is not None:
-        for side in ("chosen", "rejected"):
-            batch[f"{side}_truncated"] = batch[f"{side}_attention_mask"].sum(1) >= max_length
-    table = {}
-    for preset in PRESETS:
-        conv = get_conventions(preset)
-        pad = (eos_id if eos_id is not None else pad_id) if conv.nll_drop_pad_id else pad_id
-        _, metrics = orpo_loss(model, batch, preset, lam=lam, pad_token_id=pad, chunk_size=chunk_size)
-        table[preset] = metrics
-    return table
+def parse_reported(loss: float | None, metrics: list[str] | None, logged: dict | None = None) -> dict[str, float]:
+    """--loss, --metric NAME=VALUE and a --metrics-json dict -> {our name: value}."""
+    reported = {canonical_name(k): v for k, v in (logged or {}).items()}
+    if loss is not None:
+        reported["loss"] = float(loss)
+    for item in metrics or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--metric {item!r}: expected NAME=VALUE, e.g. rewards/chosen=-0.153")
+        try:
+            reported[canonical_name(name.strip())] = float(value)
+        except ValueError as e:
+            raise UserError(f"--metric {item!r}: {e}") from None
+    return reported
 
 
 def relative_difference(x: float, y: float) -> float:
     return abs(x - y) / max(abs(x), abs(y), 1e-12)
 
 
-def compare(table: dict[str, dict[str, float]], reported: dict[str, float], rtol: float):
-    """[(preset, max relative difference, the quantity where it is, matches)] sorted best first."""
+def _tolerance(name: str, value: float, pred: dict, reported: dict, rtol: float, lam: float) -> float:
+    """Absolute tolerance of one quantity: rtol of the numbers it is computed from (a difference of two reported
+    numbers, or of two log-probs, is only as precise as they are)."""
+    if name == DERIVED:
+        return rtol * ((abs(reported["loss"]) + abs(reported["nll_loss"])) / lam + abs(value))
+    if name in ("rewards/margins", "log_odds_chosen", "log_odds_ratio", "odds_ratio_loss"):
+        scale = pred["_scale_logps"] * (lam if name == "rewards/margins" else 1.0)
+        return rtol * max(abs(value), scale)
+    return rtol * abs(value) + 1e-12
+
+
+def score_combinations(predictor: Predictor, reported: dict, rtol: float, lams, use_logits: bool = True):
+    """[(coords, {quantity: (relative difference, difference / tolerance)})] for every combination."""
     rows = []
-    for preset, metrics in table.items():
-        diffs = {name: relative_difference(metrics[name], value) for name, value in reported.items()}
-        worst = max(diffs, key=diffs.get)
-        rows.append((preset, diffs[worst], worst, diffs[worst] <= rtol))
-    return sorted(rows, key=lambda r: r[1])
+    for c in combinations(lams):
+        p = predictor.predict(c)
+        values = {k: v for k, v in reported.items() if use_logits or not k.startswith("logits/")}
+        if "loss" in reported and "nll_loss" in reported and c["lam"] > 0:
+            values[DERIVED] = (reported["loss"] - reported["nll_loss"]) / c["lam"]
+            p = {**p, DERIVED: p["preference_term"]}
+        scores = {k: (relative_difference(p[k], v), abs(p[k] - v) / _tolerance(k, v, p, reported, rtol, c["lam"]))
+                  for k, v in values.items()}
+        rows.append((c, scores))
+    return rows
 
 
-def format_report(table, reported: dict[str, float], rtol: float, lams: dict[str, float]) -> tuple[str, bool]:
-    """The printed table and verdict; and whether some preset matches (True when nothing was reported)."""
-    presets = list(table)
-    lines = ["lambda: " + ", ".join(f"{p} {lams[p]:g}" for p in presets), ""]
-    header = f"{'quantity':<20}" + "".join(f"{p:>15}" for p in presets) + (f"{'reported':>15}" if reported else "")
-    lines += [header, "-" * len(header)]
-    for name in QUANTITIES:
-        row = f"{name:<20}" + "".join(f"{table[p][name]:>15.7g}" for p in presets)
-        if reported:
-            row += f"{reported[name]:>15.7g}" if name in reported else f"{'':>15}"
-        lines.append(row)
-    if not reported:
-        lines += ["", "(pass --loss / --metric NAME=VALUE with another implementation's numbers to find its preset)"]
-        return "\n".join(lines), True
-    lines += ["", f"match against the {len(reported)} reported quantit{'y' if len(reported) == 1 else 'ies'} "
-                  f"(relative tolerance {rtol:g}):"]
-    rows = compare(table, reported, rtol)
-    for preset, diff, worst, ok in rows:
-        lines.append(f"  {preset:<14} max relative difference {diff:9.2e} (in {worst})" + ("   MATCH" if ok else ""))
-    matched = [r[0] for r in rows if r[3]]
-    if not matched:
-        lines.append(f"verdict: no preset matches within {rtol:g}; the closest is '{rows[0][0]}'. Check lambda, that "
-                     "the same pairs formed one batch, the tokenization (minorpo data inspect) and the dtype (numbers "
-                     "logged in bf16 need --rtol 1e-2).")
-    elif len(matched) == 1:
-        lines.append(f"verdict: the reported numbers follow the '{matched[0]}' preset ({DESCRIPTIONS[matched[0]]}).")
+def candidate_lams(reported: dict, lam: float | None) -> tuple[list[float], str]:
+    if lam is not None:
+        return [lam], "given (--lam)"
+    if "rewards/chosen" in reported and reported.get("logps/chosen"):
+        inferred = reported["rewards/chosen"] / reported["logps/chosen"]
+        return [inferred], "inferred: rewards/chosen / logps/chosen"
+    return [0.1, 1.0], "not given: 0.1 and 1.0 tried (the defaults; pass --lam)"
+
+
+def judge(predictor: Predictor, reported: dict, rtol: float, lam: float | None = None, logits: str = "auto"):
+    """The decomposed verdict: (lines to print, exit status 0 if a known implementation matches on every
+    identified dimension, else 1). logits: "auto" (judged, left out if no averaging fits) | "ignore"."""
+    lams, lam_note = candidate_lams(reported, lam)
+    lines = [f"lambda: {', '.join(f'{x:g}' for x in lams)} ({lam_note})"]
+    has_logits = any(k.startswith("logits/") for k in reported)
+    use_logits = has_logits and logits == "auto"
+    if use_logits:
+        rows = score_combinations(predictor, {k: v for k, v in reported.items() if k.startswith("logits/")}, rtol,
+                                  lams[:1])
+        best = min(rows, key=lambda r: max(s for _, s in r[1].values()))
+        if max(s for _, s in best[1].values()) > 1:
+            worst = max(best[1], key=lambda k: best[1][k][1])
+            lines.append(f"logits/* fit no averaging (closest: {best[0]['logits']}, {worst} off by "
+                         f"{best[1][worst][0]:.2e}): LEFT OUT of the verdict. They average over pad positions too, "
+                         "which depend on the other code's padding (its pad id, --pad-to-multiple-of) and model.")
+            use_logits = False
+    elif has_logits:
+        lines.append("logits/*: left out of the verdict (--logits ignore)")
+    rows = score_combinations(predictor, reported, rtol, lams, use_logits)
+    if not rows[0][1]:
+        return lines + ["nothing reported to compare: pass --loss, --metric NAME=VALUE or --metrics-json"], 1
+    identified = sorted({d for q in rows[0][1] for d in DEPENDS[q]}, key=DIMENSION_NAMES.index)
+    if set(rows[0][1]) == {"loss"}:
+        lines.append("WARNING: a loss alone cannot separate conventions (many combinations give the same loss); "
+                     "report nll_loss, logps/* and the odds metrics too.")
+    worst = {id(c): max(s for _, s in sc.values()) for c, sc in rows}
+    matches = [(c, sc) for c, sc in rows if worst[id(c)] <= 1]
+    lines += ["", f"per dimension (each candidate's best combination; a ratio <= 1 is within tolerance, rtol {rtol:g}):"]
+    for dim in identified:
+        best = {}
+        for c, sc in rows:
+            v = c[dim]
+            if v not in best or worst[id(c)] < best[v][0]:
+                best[v] = (worst[id(c)], c, sc)
+        ranked = sorted(best.items(), key=lambda kv: kv[1][0])
+        within = [v for v, (w, _, _) in ranked if w <= 1]
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in within) or "nothing"
+        status = "not separated by the reported numbers" if len(within) > 1 else ("ok" if within else "FAILS")
+        lines.append(f"  {dim:<18} {shown:<34} [{status}]")
+        for v, (w, c, sc) in ranked[:4]:
+            q = max(sc, key=lambda k: sc[k][1])
+            label = f"{v:g}" if isinstance(v, float) else str(v)
+            lines.append(f"      {label:<28} ratio {w:9.3g}  (worst: {q}, relative difference {sc[q][0]:.2e})")
+    if not matches:
+        c, sc = min(rows, key=lambda r: worst[id(r[0])])
+        lines += ["", "verdict: NO combination matches. Closest: " + _coords(c, identified)]
+        for q, (rel, ratio) in sorted(sc.items(), key=lambda kv: -kv[1][1]):
+            if ratio > 1:
+                lines.append(f"  {q} is off by {rel:.2e} relative ({ratio:.3g} x its tolerance): the "
+                             f"{' / '.join(DEPENDS[q])} dimension(s)")
+        lines.append("  Check lambda, that the same pairs formed one batch (--batch), the tokenization (--add-bos, "
+                     "--system, `minorpo data inspect`) and the dtype (bf16 logs need --rtol 1e-2).")
+        return lines, 1
+    values = {d: sorted({c[d] for c, _ in matches}, key=str) for d in identified}
+    named = [impl for impl in KNOWN if any(all(c.get(d) == impl.coords[d] for d in identified if d in impl.coords)
+                                           for c, _ in matches)]
+    unique = all(len(v) == 1 for v in values.values())
+    coords = "; ".join(f"{d} = {' or '.join(f'{x:g}' if isinstance(x, float) else x for x in v)}"
+                       for d, v in values.items())
+    lines += ["", f"verdict: {'MATCH' if unique else 'AMBIGUOUS'} at {coords}"]
+    if named:
+        lines.append("  shared by: " + "; ".join(f"{i.name} ({i.description})" for i in named))
     else:
-        lines.append(f"verdict: the reported numbers match {', '.join(repr(p) for p in matched)}, which agree on "
-                     "every quantity reported; report more (logits/*, logps/*) to tell them apart.")
-    return "\n".join(lines), bool(matched)
+        lines.append("  no known implementation uses these conventions")
+    unidentified = [d for d in DIMENSION_NAMES if d not in identified]
+    if unidentified:
+        lines.append(f"  not identified by the reported numbers: {', '.join(unidentified)}")
+    if not unique:
+        lines.append("  report more quantities (or a smaller --rtol, if the numbers are that precise) to separate them")
+    return lines, 0 if unique and named else 1
 
 
-def parse_reported(loss: float | None, metrics: list[str] | None) -> dict[str, float]:
-    reported = {} if loss is None else {"loss": float(loss)}
-    for item in metrics or []:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--metric {item!r}: expected NAME=VALUE, e.g. rewards/chosen=-0.153")
-        try:
-            reported[canonical_name(name.strip())] = float(value)
-        except ValueError as e:
-            raise ValueError(f"--metric {item!r}: {e}") from None
-    return reported
+def _coords(c: dict, dims) -> str:
+    return ", ".join(f"{d} = {c[d]:g}" if isinstance(c[d], float) else f"{d} = {c[d]}" for d in dims)
+
+
+def known_table(predictor: Predictor, reported: dict, lam: float | None) -> list[str]:
+    """Every compared quantity under each known implementation's coordinates (at its default lambda or --lam)."""
+    cols = []
+    for impl in KNOWN:
+        c = {**{d: v[0] for d, v in DIMENSIONS.items()}, **impl.coords, "lam": impl.lam if lam is None else lam}
+        p = predictor.predict(c)
+        if "logits" not in impl.coords:
+            p["logits/chosen"] = p["logits/rejected"] = float("nan")
+        cols.append((impl.name, p))
+    header = f"{'quantity':<19}" + "".join(f"{n[:13]:>14}" for n, _ in cols) + (f"{'reported':>14}" if reported else "")
+    lines = [header, "-" * len(header)]
+    for q in QUANTITIES:
+        row = f"{q:<19}" + "".join(f"{p[q]:>14.7g}" if p[q] == p[q] else f"{'-':>14}" for _, p in cols)
+        lines.append(row + (f"{reported[q]:>14.7g}" if q in reported else ""))
+    return lines
+
+
+def _examples_batch(args, tokenizer, pad: int):
+    from .collate import collate_padded
+    from .data import DataConfig, load_preferences
+
+    flag = {"auto": "auto", "yes": True, "no": False}
+    try:
+        config = DataConfig(format=args.format, template=args.template, max_length=args.max_length,
+                            add_bos=flag[args.add_bos], add_eos=flag[args.add_eos],
+                            max_prompt_length=args.max_prompt_length, prompt_truncation=args.prompt_truncation,
+                            response_truncation=args.response_truncation, system=args.system)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        data = load_preferences(args.data, tokenizer, config, split=args.split, data_files=args.data_files,
+                                limit=args.limit)
+    except UserError:
+        raise
+    except ValueError as e:  # e.g. --system with raw-text rows
+        raise UserError(f"--data {args.data}: {e}") from None
+    if len(data) == 0:
+        raise UserError(f"--data {args.data}: no usable pair. Drop report: {data.report.format()}")
+    return collate_padded(list(data.examples), pad), f"{len(data)} pairs of {args.data}"
 
 
 def run(args) -> int:
-    from .data import DataConfig, load_preferences
+    from .collate import pad_token_id
+    from .conformance_io import dump_batch, load_batch, load_metrics
     from .loader import load
 
-    try:
-        reported = parse_reported(args.loss, args.metric)
-    except ValueError as e:
-        print(f"error: {e}")
-        return 2
+    logged = load_metrics(args.metrics_json, args.log_entry) if args.metrics_json else None
+    reported = parse_reported(args.loss, args.metric, logged)  # before the slow work: bad names fail fast
+    if (args.batch is None) == (args.data is None):
+        raise UserError("pass exactly one of --data (pairs minorpo tokenizes) or --batch (a collated batch file)")
+    batch = load_batch(args.batch) if args.batch else None
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model, tokenizer = load(args.model, dtype=dtype, revision=args.revision, device=args.device)
-    config = DataConfig(format=args.format, template=args.template, max_length=args.max_length)
-    data = load_preferences(args.data, tokenizer, config, split=args.split, data_files=args.data_files,
-                            limit=args.limit)
-    if len(data) == 0:
-        print(f"error: no usable pair in {args.data}. Drop report: {data.report.format()}")
-        return 2
     pad = pad_token_id(tokenizer)
-    table = conformance_table(model, data.examples, pad, tokenizer.eos_token_id, args.lam, args.max_length,
-                              args.chunk_size)
-    lams = {p: get_conventions(p).lam if args.lam is None else args.lam for p in PRESETS}
-    print(f"minorpo conformance: {len(data)} pairs of {args.data} as ONE batch (right-padded with id {pad}; the "
-          f"official preset's pad id is eos {tokenizer.eos_token_id}), model {args.model} in {args.dtype}")
-    text, matched = format_report(table, reported, args.rtol, lams)
-    print(text)
-    return 0 if matched else 1
+    what = f"the batch in {args.batch}"
+    if batch is None:
+        batch, what = _examples_batch(args, tokenizer, pad)
+    if args.dump_batch:
+        dump_batch(batch, args.dump_batch)
+    official_pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
+    scores = score_batch(model, batch, pad, official_pad, args.max_length, args.pad_to_multiple_of, args.chunk_size)
+    predictor = Predictor(scores)
+    print(f"minorpo conformance: {what} as ONE batch of {scores.B} pairs (right-padded with id {pad}"
+          + (f" to a multiple of {args.pad_to_multiple_of}" if args.pad_to_multiple_of else "")
+          + f"; the official pad id is eos {official_pad}), model {args.model} in {args.dtype}")
+    print("\n".join(known_table(predictor, reported, args.lam)))
+    if not reported:
+        print("\n(pass --loss / --metric NAME=VALUE / --metrics-json with another implementation's numbers to find its "
+              "conventions)")
+        return 0
+    lines, status = judge(predictor, reported, args.rtol, args.lam, args.logits)
+    print("\n" + "\n".join(lines))
+    return status
 
 
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("conformance", help="loss and metrics under every ORPO preset; which one another "
-                                                  "implementation's reported numbers follow",
+    p = subparsers.add_parser("conformance", help="which ORPO conventions another implementation's logged numbers "
+                                                  "follow (every combination, one forward)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder or hub id (minorpo.loader.load)")
     p.add_argument("--revision", default=None, help="hub revision of --model")
-    p.add_argument("--data", required=True, help="preference pairs: .jsonl/.json/.parquet file, folder or hub dataset "
-                                                 "(minorpo.data; see `minorpo data inspect`)")
+    p.add_argument("--data", default=None, help="preference pairs: .jsonl/.json/.parquet file, folder or hub dataset "
+                                                "(minorpo.data; see `minorpo data inspect`)")
+    p.add_argument("--batch", default=None, metavar="FILE", help="the other code's collated batch instead of --data "
+                   "(.safetensors or .json with chosen_/rejected_ input_ids, attention_mask, labels; see "
+                   "minorpo/conformance_io.py)")
+    p.add_argument("--dump-batch", default=None, metavar="FILE", help="write the batch used (.safetensors or .json)")
     p.add_argument("--split", default=None, help="split of a folder or hub dataset")
     p.add_argument("--data-files", default=None, help="glob of files inside a folder or hub dataset")
     p.add_argument("--limit", type=int, default=8, help="use the first N usable pairs, as ONE batch (default 8)")
     p.add_argument("--format", default="auto", choices=["auto", "standard", "conversational", "implicit"],
                    help="row format (minorpo.data.DataConfig)")
     p.add_argument("--template", default="auto", choices=["auto", "chat", "raw"], help="chat template or raw text")
+    p.add_argument("--system", default=None, help="a system prompt added to chat-template prompts (LLaMA-Factory's "
+                                                  "templates add their default one)")
+    p.add_argument("--add-bos", default="auto", choices=["auto", "yes", "no"], help="prepend BOS to the prompt "
+                   "(TRL does: yes)")
+    p.add_argument("--add-eos", default="auto", choices=["auto", "yes", "no"], help="append EOS to each response")
     p.add_argument("--max-length", type=int, default=1024, help="max tokens of prompt + response (rows reaching it "
-                                                               "count as truncated for the official preset)")
-    p.add_argument("--lam", type=float, default=None, help="lambda for every preset (TRL beta, official alpha); "
-                                                         "default: each preset's own (paper/trl/llamafactory 0.1, "
-                                                         "official 1.0)")
+                                                               "count as truncated: no official extra target)")
+    p.add_argument("--max-prompt-length", type=int, default=None, help="max prompt tokens")
+    p.add_argument("--prompt-truncation", default="drop", choices=["drop", "keep_end", "keep_start"],
+                   help="a prompt over --max-prompt-length: dropped, or cut keeping its end (TRL) or start")
+    p.add_argument("--response-truncation", default="keep_start", choices=["keep_start", "drop"],
+                   help="a response past --max-length: cut on the right, or the pair dropped")
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, help="pad the 2B rows to a multiple of N "
+                   "(LLaMA-Factory: 8); changes logits/* only")
+    p.add_argument("--lam", type=float, default=None, help="lambda (TRL beta, official alpha, LLaMA-Factory pref_beta); "
+                   "default: inferred from rewards/chosen / logps/chosen, else 0.1 and 1.0 are tried")
     p.add_argument("--loss", type=float, default=None, help="the loss another implementation reported")
     p.add_argument("--metric", action="append", metavar="NAME=VALUE",
                    help="a metric it reported, under TRL's name (rewards/chosen, nll_loss, log_odds_ratio, ...; "
-                        "train/ and eval_ prefixes and the official wandb names are understood); repeatable")
-    p.add_argument("--rtol", type=float, default=1e-3, help="relative difference counted as a match (default 1e-3; "
-                                                          "use 1e-2 for numbers logged in bf16)")
+                        "train/ and eval_ prefixes, sft_loss and the official and xtuner names are understood)")
+    p.add_argument("--metrics-json", default=None, metavar="FILE", help="the metrics as a JSON dict, a "
+                   "trainer_state.json (log_history) or JSON lines, instead of many --metric")
+    p.add_argument("--log-entry", type=int, default=None, help="which entry of --metrics-json's log (default: the "
+                                                               "first with a loss)")
+    p.add_argument("--logits", default="auto", choices=["auto", "ignore"], help="judge logits/* (auto: left out, "
+                   "with the reason, when they fit no averaging) or ignore them")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative precision of the reported numbers (default "
+                   "1e-4, for float32 logs; 1e-3 with TF32 matmuls, 1e-2 for numbers logged in bf16)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--chunk-size", type=int, default=1024, help="token positions per log-prob chunk")

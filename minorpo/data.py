@@ -71,6 +71,8 @@ class DataConfig:
     max_prompt_length: int | None = None  # max prompt tokens; None = only max_length applies
     prompt_truncation: str = "drop"       # prompt over max_prompt_length: "drop" | "keep_end" | "keep_start"
     response_truncation: str = "keep_start"  # response past max_length: "keep_start" (cut right) | "drop"
+    system: str | None = None             # chat template: a system message put before the prompt's turns
+                                          # (unless it has one); raw text: an error
     implicit_prompt_marker: str = "\n\nAssistant:"  # implicit format: the prompt ends after its last occurrence
     implicit_user_marker: str = "\n\nHuman:"        # implicit + chat template: starts a user turn
     strict: bool = False                  # True: the first bad row raises BadRowError; False: skip and report
@@ -239,6 +241,8 @@ def render(pair: Pair, tokenizer, config: DataConfig) -> tuple[str, str, str]:
     if not chat:
         if isinstance(pair.prompt, list):
             raise ValueError("DataConfig.template='raw' cannot format message lists; use 'auto' or 'chat'")
+        if config.system is not None:
+            raise ValueError("DataConfig.system needs a chat template (raw-text rows have no system turn)")
         return pair.prompt, pair.chosen, pair.rejected
     if tokenizer.chat_template is None:
         raise ValueError(f"{pair.where}: this row needs a chat template and the tokenizer has none; "
@@ -248,6 +252,8 @@ def render(pair: Pair, tokenizer, config: DataConfig) -> tuple[str, str, str]:
         implicit = prompt.endswith(config.implicit_prompt_marker)
         prompt = (dialogue_messages(prompt, config.implicit_user_marker, config.implicit_prompt_marker) if implicit
                   else [{"role": "user", "content": prompt}])
+    if config.system is not None and prompt[0].get("role") != "system":
+        prompt = [{"role": "system", "content": config.system}] + prompt
     texts = [tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)]
     for response in (pair.chosen, pair.rejected):
         if isinstance(response, str):

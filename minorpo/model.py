@@ -142,8 +142,11 @@ def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows
             allowed = allowed & (distance < window)
         # A query with no visible key (a padding row) would make softmax return NaN, and NaN * 0 is still NaN in
         # the backward pass. Letting every query see itself keeps those rows finite; real rows are unchanged
-        # since a real token always sees itself anyway.
-        allowed = allowed | query_itself(T, S, device)
+        # since a real token always sees itself anyway. With a padding mask, only queries that see nothing get
+        # this: a right-padding query then attends to the real tokens alone, as in transformers (whose pad rows
+        # TRL's and LLaMA-Factory's logits/* metrics average over; minorpo/conventions.py).
+        itself = query_itself(T, S, device)
+        allowed = allowed | (itself if block else itself & ~allowed.any(-1, keepdim=True))
         masks[window] = allowed[:, None]                                                  # (B, 1, T, S)
     return position_ids, masks
 

@@ -1,8 +1,10 @@
-"""`minorpo conformance` (minorpo/conformance.py) on a tiny random model saved with transformers' save_pretrained.
+"""`minorpo conformance` (minorpo/conformance.py, minorpo/conventions.py) against other implementations' formulas.
 
-Oracles: (1) the `trl` preset's own numbers fed back must be identified as `trl` (and perturbed ones as nothing);
-(2) numbers computed by TRL's real ORPOTrainer (test-only oracle) on the same pairs and weights must be identified
-as `trl`; (3) the official preset's numbers as `official`.
+Oracle: each peer below is rebuilt in-process from its published code (cited at each function), run on a tiny
+transformers Llama (its own logits, pads computed the transformers way) on the same collated batch, and must be
+named correctly from its FULL metrics; TRL's real ORPOTrainer too. The model is first fitted to the pairs so that
+P(y|x) is far from 0 (at P ~ 0 the odds ratio and the probability ratio coincide and nothing can separate them).
+Tolerance: the default rtol 1e-4 (float32 logs; peer and minorpo differ by float32 rounding, ~1e-6).
 """
 
 import json
@@ -10,105 +12,273 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minorpo.cli import main
-from minorpo.conformance import canonical_name, conformance_table, parse_reported
+from minorpo.collate import collate_padded
+from minorpo.conformance import canonical_name, judge, parse_reported
+from minorpo.conventions import Predictor, score_batch
+from minorpo.errors import UserError
+
+transformers = pytest.importorskip("transformers")
 
 PAIRS = [
     {"prompt": "hi how are you ?", "chosen": " I am fine , thanks .", "rejected": " go away"},
     {"prompt": "what is two plus two ?", "chosen": " four", "rejected": " no , five . I am sure ."},
     {"prompt": "hello", "chosen": " hello , how are you ?", "rejected": " bad"},
 ]
+EOS, PAD = 1, 2
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    """A tiny random Llama (transformers, save_pretrained) with the word-level test tokenizer, and a data file."""
-    from tiny_models import saved
+def setup(tmp_path_factory):
+    """A tiny random Llama fitted for 20 Adam steps to the pairs' chosen and rejected texts (so log P(y|x) ~ -1),
+    saved with save_pretrained, with the word-level test tokenizer (prepends <s>); minorpo's pairs and model."""
+    from minorpo.data import load_preferences
+    from minorpo.loader import load
+    from tiny_models import hf_model
     from tiny_tokenizers import word_tokenizer
 
     folder = tmp_path_factory.mktemp("conformance")
-    hf, model_dir = saved("llama-tied", folder / "model", bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    word_tokenizer(model_dir, chat_template=None, add_bos=True)  # Llama-style: the tokenizer prepends <s>
+    model_dir = folder / "model"
+    model_dir.mkdir()
+    word_tokenizer(model_dir, chat_template=None, add_bos=True)
     data = folder / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    return hf, model_dir, data
+    hf = hf_model("llama-tied", 0, bos_token_id=0, eos_token_id=EOS, pad_token_id=PAD)
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    texts = [tok(p["prompt"] + p[k] + "</s>", return_tensors="pt").input_ids for p in PAIRS for k in ("chosen", "rejected")]
+    opt = torch.optim.Adam(hf.parameters(), lr=3e-2)
+    torch.manual_seed(0)
+    for _ in range(20):
+        opt.zero_grad()
+        sum(hf(ids, labels=ids).loss for ids in texts).backward()
+        opt.step()
+    hf.eval().save_pretrained(str(model_dir))
+    model, tokenizer = load(model_dir)
+    pairs = load_preferences(str(data), tokenizer).examples
+    return hf, model, pairs, model_dir, data
+
+
+def hf_logits(hf, batch, multiple=None, extra_pad=0):
+    """TRL-style concatenated 2B rows (chosen first), padded right with PAD, through the transformers model."""
+    T = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1]) + extra_pad
+    if multiple:
+        T = -(-T // multiple) * multiple
+    cat = {k: torch.cat([F.pad(batch[f"{s}_{k}"], (0, T - batch[f"{s}_{k}"].shape[1]), value=v)
+                         for s in ("chosen", "rejected")]) for k, v in (("input_ids", PAD), ("attention_mask", 0),
+                                                                         ("labels", -100))}
+    with torch.no_grad():
+        logits = hf(cat["input_ids"], attention_mask=cat["attention_mask"]).logits.double()
+    return cat, logits
+
+
+def batch_logps(logits, labels):
+    """TRL/LLaMA-Factory get_batch_logps(average_log_prob=True): labels shifted, mean over labels != -100."""
+    labels = labels[:, 1:]
+    mask = labels != -100
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return (lp * mask).sum(1) / mask.sum(1)
+
+
+def ce(logits, labels):
+    """HF CrossEntropyLoss after the shift: token mean over labels != -100."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def log_or(a, b):
+    return (a - b) - (torch.log1p(-torch.exp(a)) - torch.log1p(-torch.exp(b)))
+
+
+def trl_style(cat, logits, beta, nll_labels, odds="ratio"):
+    """trl/experimental/orpo/orpo_trainer.py (concatenated_forward, odds_ratio_loss, get_batch_loss_metrics).
+    nll_labels: TRL's input_ids with pads -100; ms-swift's labels (rlhf_mixin.py passes them as input_ids).
+    odds="probability": the circulating 'ORPO' with odds = exp(logp), i.e. log OR replaced by a - b."""
+    B = cat["input_ids"].shape[0] // 2
+    nll = ce(logits[:B], nll_labels[:B])
+    a, b = batch_logps(logits[:B], cat["labels"][:B]), batch_logps(logits[B:], cat["labels"][B:])
+    z = log_or(a, b) if odds == "ratio" else a - b
+    ratio = F.logsigmoid(z)
+    m = {"loss": nll - beta * ratio.mean(), "nll_loss": nll, "rewards/chosen": beta * a.mean(),
+         "rewards/rejected": beta * b.mean(), "rewards/accuracies": (a > b).double().mean(),
+         "rewards/margins": beta * (a - b).mean(), "logps/chosen": a.mean(), "logps/rejected": b.mean(),
+         "logits/chosen": logits[:B, :-1].float().mean(), "logits/rejected": logits[B:, :-1].float().mean(),
+         "log_odds_ratio": ratio.mean(), "log_odds_chosen": z.mean()}
+    return {k: float(v) for k, v in m.items()}
+
+
+def peer(name, hf, batch, beta=0.1):
+    """(metrics the peer logs, pad_to_multiple_of it uses) for one peer's published formulas."""
+    if name in ("trl", "ms-swift", "prob-ratio"):
+        cat, logits = hf_logits(hf, batch)
+        ids = cat["input_ids"].masked_fill(cat["attention_mask"] == 0, -100)
+        return trl_style(cat, logits, beta, cat["labels"] if name == "ms-swift" else ids,
+                         "probability" if name == "prob-ratio" else "ratio"), None
+    if name == "llamafactory":  # src/llamafactory/train/dpo/trainer.py; its collator pads to a multiple of 8
+        cat, logits = hf_logits(hf, batch, multiple=8)
+        B = cat["input_ids"].shape[0] // 2
+        a, b = batch_logps(logits[:B], cat["labels"][:B]), batch_logps(logits[B:], cat["labels"][B:])
+        l_or = -F.logsigmoid(log_or(a, b))
+        m = {"loss": (-a + beta * l_or).mean(), "sft_loss": -a.mean(), "odds_ratio_loss": l_or.mean(),
+             "rewards/chosen": beta * a.mean(), "rewards/rejected": beta * b.mean(),
+             "rewards/accuracies": (a > b).double().mean(), "rewards/margins": beta * (a - b).mean(),
+             "logps/chosen": a.mean(), "logps/rejected": b.mean(), "logits/chosen": logits[:B].float().mean(),
+             "logits/rejected": logits[B:].float().mean()}
+        return {k: float(v) for k, v in m.items()}, 8
+    if name == "xtuner":  # xtuner/model/orpo.py: NLL on the labels; logps unshifted, labels != 0
+        cat, logits = hf_logits(hf, batch)
+        B = cat["input_ids"].shape[0] // 2
+        nll = ce(logits[:B], cat["labels"][:B])
+        labels = cat["labels"].clamp(min=0)
+        mask = labels != 0
+        lp = torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]
+        seq = (lp * mask).sum(1) / mask.sum(1)
+        a, b = seq[:B], seq[B:]
+        z = log_or(a, b)
+        ratio = F.logsigmoid(z)
+        m = {"loss": nll - (beta * ratio).mean(), "chosen_rewards": beta * a.mean(), "rejected_rewards": beta * b.mean(),
+             "reward_acc": (beta * a > beta * b).double().mean(), "reward_margin": beta * (a - b).mean(),
+             "log_odds_ratio": ratio.mean(), "log_odds_chosen": z.mean(), "nll_loss": nll}
+        return {k: float(v) for k, v in m.items()}, None
+    if name == "official":  # xfactlab/orpo src/orpo_trainer.py, pad = eos, alpha = beta; every row has a pad after it
+        cat, logits = hf_logits(hf, batch, extra_pad=1)
+        B = cat["input_ids"].shape[0] // 2
+        ids = torch.where(cat["attention_mask"] == 1, cat["input_ids"], EOS)  # its pads are eos
+        nll = ce(logits[:B], ids[:B].masked_fill(ids[:B] == EOS, -100))
+        prompt_mask = (cat["labels"] == -100) & (cat["attention_mask"] == 1)
+        mask = cat["attention_mask"][:, :-1] - prompt_mask[:, 1:].long()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, (mask * ids[:, 1:])[..., None])[..., 0]
+        seq = (lp * mask).sum(1) / mask.sum(1)
+        a, b = seq[:B], seq[B:]
+        ratio = F.logsigmoid(log_or(a, b))
+        m = {"loss": (nll - beta * ratio).mean(), "Positive Geometric Mean": a.mean(),
+             "Negative Geometric Mean": b.mean(), "Log Odds Ratio": ratio.mean(), "Log Odds": log_or(a, b).mean()}
+        return {k: float(v) for k, v in m.items()}, None
+    raise ValueError(name)
+
+
+def verdict(setup, metrics, multiple=None, lam=None):
+    hf, model, pairs, _, _ = setup
+    batch = collate_padded(pairs, PAD)
+    scores = score_batch(model, batch, PAD, EOS, pad_to_multiple_of=multiple)
+    lines, status = judge(Predictor(scores), parse_reported(None, None, metrics), 1e-4, lam)
+    return "\n".join(lines), status
+
+
+@pytest.mark.parametrize("name,lam", [("trl", None), ("ms-swift", None), ("llamafactory", None), ("xtuner", None),
+                                      ("official", 1.0)])
+def test_peer_named_from_full_metrics(setup, name, lam):
+    """Each peer's full metrics -> MATCH at its coordinates, named (and only the implementations sharing them)."""
+    metrics, multiple = peer(name, setup[0], collate_padded(setup[2], PAD), beta=lam or 0.1)
+    text, status = verdict(setup, metrics, multiple, lam)
+    if name == "xtuner":  # its unshifted log-probs are ~ -5 (P ~ 0), where odds ratio and probability ratio coincide
+        assert "AMBIGUOUS at" in text and "objective = odds_ratio or probability_ratio;" in text, text
+        text = text.replace("AMBIGUOUS", "MATCH")
+    else:
+        assert status == 0, text
+    assert "verdict: MATCH" in text, text
+    shared = text.split("shared by: ")[1].split("\n")[0]
+    names = [part.split(" (")[0] for part in shared.split("; ")]
+    assert name in names, text
+    if name in ("trl", "llamafactory", "xtuner", "ms-swift"):
+        assert names == [name], text  # logits/* (or xtuner's logps) single them out
+
+
+def test_probability_ratio_is_not_odds_ratio(setup):
+    """The 'ORPO' with odds = exp(logp) (the probability ratio, section 7.1) in TRL's code: its full metrics match
+    objective = probability_ratio, never odds_ratio; with only loss and nll_loss it is at best not separated."""
+    metrics, _ = peer("prob-ratio", setup[0], collate_padded(setup[2], PAD))
+    text, status = verdict(setup, metrics)
+    assert status == 1 and "objective = probability_ratio;" in text and "no known implementation" in text, text
+    text, status = verdict(setup, {k: metrics[k] for k in ("loss", "nll_loss")}, lam=0.1)
+    assert status == 1 and "objective = odds_ratio" not in text, text
+
+
+def test_wrong_normalization_is_not_a_match(setup):
+    """TRL's metrics with the NLL averaged over every position of the padded chosen rows (pads included): no
+    combination matches, and the verdict names nll_loss as what is off."""
+    hf, _, pairs, _, _ = setup
+    metrics, _ = peer("trl", hf, collate_padded(pairs, PAD))
+    cat, logits = hf_logits(hf, collate_padded(pairs, PAD))
+    B = len(pairs)
+    lp = torch.log_softmax(logits[:B, :-1], -1).gather(-1, cat["input_ids"][:B, 1:, None])[..., 0]
+    wrong_nll = float(-lp.mean())
+    metrics = {**metrics, "nll_loss": wrong_nll, "loss": metrics["loss"] - metrics["nll_loss"] + wrong_nll}
+    text, status = verdict(setup, metrics)
+    assert status == 1 and "NO combination matches" in text and "nll_loss is off" in text, text
 
 
 def run_cli(capsys, *args):
     code = main(["conformance", *map(str, args)])
-    return code, capsys.readouterr().out
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
-def our_table(model_dir, data, lam=None):
-    from minorpo.data import load_preferences
-    from minorpo.loader import load
-
-    model, tok = load(model_dir)
-    examples = load_preferences(str(data), tok).examples
-    return conformance_table(model, examples, tok.pad_token_id, tok.eos_token_id, lam=lam, max_length=1024)
-
-
-def test_trl_numbers_fed_back_are_identified(saved_model, capsys):
-    """The trl preset's loss, nll_loss and logits/chosen, printed with 7 digits as a user would copy them, are
-    identified as 'trl' alone (exit 0); the same loss 5% off matches nothing (exit 1)."""
-    _, model_dir, data = saved_model
-    trl = our_table(model_dir, data)["trl"]
-    reported = [f"--loss={trl['loss']:.7g}", f"--metric=nll_loss={trl['nll_loss']:.7g}",
-                f"--metric=train/logits/chosen={trl['logits/chosen']:.7g}"]
-    code, out = run_cli(capsys, "--model", model_dir, "--data", data, *reported)
-    assert code == 0, out
-    assert "verdict: the reported numbers follow the 'trl' preset" in out
-    for preset in ("paper", "official", "llamafactory"):
-        assert f"{preset}" in out  # every preset has a column and a match line
-    code, out = run_cli(capsys, "--model", model_dir, "--data", data, f"--loss={trl['loss'] * 1.05:.7g}")
-    assert code == 1 and "no preset matches" in out
-
-
-def test_official_numbers_identified(saved_model, capsys):
-    """The official preset's loss and logps/chosen (under the official code's wandb name) are identified as 'official',
-    with lambda passed explicitly for every preset."""
-    _, model_dir, data = saved_model
-    official = our_table(model_dir, data, lam=1.0)["official"]
-    code, out = run_cli(capsys, "--model", model_dir, "--data", data, "--lam", "1.0", f"--loss={official['loss']:.7g}",
-                        f"--metric=Positive Geometric Mean={official['logps/chosen']:.7g}")
-    assert code == 0 and "follow the 'official' preset" in out, out
-
-
-def test_real_trl_trainer_numbers_identified(saved_model, capsys, tmp_path):
-    """The numbers TRL's own ORPOTrainer logs for these pairs (its tokenization, its collation, the transformers model
-    that was saved) fed to `minorpo conformance` -> 'trl'. All its metrics except logits/* (those average over padding
-    positions, whose hidden states depend on the model's position ids for padding: see test_loss_trl_parity.py)."""
+def test_real_trl_trainer_full_metrics(setup, capsys, tmp_path):
+    """TRL's own ORPOTrainer (its tokenization, collation and logging) on the pairs: its batch dumped to
+    safetensors, its metrics (all of them, logits/* included) as a log_history entry -> `trl` via --batch and via
+    --data (TRL prepends BOS; so does this tokenizer)."""
     trl_orpo = pytest.importorskip("trl.experimental.orpo")
-    transformers = pytest.importorskip("transformers")
     datasets = pytest.importorskip("datasets")
+    from safetensors.torch import save_file
+
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    hf, model_dir, data = saved_model
+    hf, _, _, model_dir, data = setup
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     args = trl_orpo.ORPOConfig(output_dir=str(tmp_path / "out"), beta=0.1, max_length=1024, max_steps=1,
                                report_to=[], use_cpu=True, per_device_train_batch_size=len(PAIRS), save_strategy="no")
-    trainer = trl_orpo.ORPOTrainer(model=hf.eval(), args=args, processing_class=tokenizer,
+    trainer = trl_orpo.ORPOTrainer(model=hf, args=args, processing_class=tokenizer,
                                    train_dataset=datasets.Dataset.from_list(PAIRS))
+    batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
-        loss, metrics = trainer.get_batch_loss_metrics(hf, next(iter(trainer.get_train_dataloader())))
-    reported = [f"--loss={loss.item():.7g}"] + [f"--metric={k}={v:.7g}" for k, v in metrics.items()
-                                                  if not k.startswith("logits/")]
-    code, out = run_cli(capsys, "--model", model_dir, "--data", data, *reported)
-    assert code == 0 and "follow the 'trl' preset" in out, out
+        loss, metrics = trainer.get_batch_loss_metrics(hf, batch)
+    state = {"log_history": [{"epoch": 1.0, "step": 1, "learning_rate": 1e-5, "loss": loss.item(),
+                              **{f"train/{k}" if k.startswith("log") else k: float(v) for k, v in metrics.items()}}]}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    save_file({k: batch[k].contiguous() for k in ("chosen_input_ids", "chosen_attention_mask", "chosen_labels",
+                                                 "rejected_input_ids", "rejected_attention_mask", "rejected_labels")},
+              str(tmp_path / "batch.safetensors"))
+    for source in (["--batch", tmp_path / "batch.safetensors"], ["--data", data, "--add-bos", "yes"]):
+        code, out = run_cli(capsys, "--model", model_dir, *source, "--metrics-json", tmp_path / "trainer_state.json")
+        assert code == 0 and "verdict: MATCH" in out and "shared by: trl (" in out, out
+        assert "LEFT OUT" not in out  # logits/* were judged, and fit
 
 
-def test_reported_names_and_errors():
-    assert canonical_name("eval_rewards/chosen") == "rewards/chosen"
-    assert canonical_name("Log Odds") == "log_odds_chosen"
+def test_bad_inputs(setup, capsys, tmp_path):
+    """Unknown metric names, a pickle, missing keys and mismatched shapes: one-line errors naming them (exit 2)."""
+    _, _, pairs, model_dir, data = setup
+    assert canonical_name("eval_rewards/chosen") == "rewards/chosen" and canonical_name("reward_acc") == \
+        "rewards/accuracies"
     assert parse_reported(1.5, ["sft_loss=0.25"]) == {"loss": 1.5, "nll_loss": 0.25}
-    with pytest.raises(ValueError, match="unknown metric 'rewards/chosenn'"):
+    with pytest.raises(UserError, match="unknown metric 'rewards/chosenn'"):
         parse_reported(None, ["rewards/chosenn=1"])
-    with pytest.raises(ValueError, match="expected NAME=VALUE"):
-        parse_reported(None, ["nll_loss"])
+    (tmp_path / "b.pt").write_bytes(b"x")
+    code, out = run_cli(capsys, "--model", model_dir, "--batch", tmp_path / "b.pt", "--loss", "1")
+    assert code == 2 and "b.pt: a pickle" in out, out
+    batch = {k: v.tolist() for k, v in collate_padded(pairs, PAD).items() if k != "prompt_lengths"}
+    (tmp_path / "missing.json").write_text(json.dumps({k: v for k, v in batch.items() if k != "rejected_labels"}))
+    code, out = run_cli(capsys, "--model", model_dir, "--batch", tmp_path / "missing.json", "--loss", "1")
+    assert code == 2 and "missing key(s) ['rejected_labels']" in out, out
+    (tmp_path / "shape.json").write_text(json.dumps({**batch, "chosen_labels": [r[:-1] for r in batch["chosen_labels"]]}))
+    code, out = run_cli(capsys, "--model", model_dir, "--batch", tmp_path / "shape.json", "--loss", "1")
+    assert code == 2 and "chosen_labels has shape" in out, out
+    (tmp_path / "m.json").write_text(json.dumps({"loss": 1.0, "rewards/chosn": 2.0}))
+    code, out = run_cli(capsys, "--model", model_dir, "--data", data, "--metrics-json", tmp_path / "m.json")
+    assert code == 2 and "unknown metric 'rewards/chosn'" in out, out
+
+
+def test_dump_batch_round_trip(setup, capsys, tmp_path):
+    """--dump-batch writes minorpo's batch; fed back with --batch it gives the same table."""
+    _, _, _, model_dir, data = setup
+    code, first = run_cli(capsys, "--model", model_dir, "--data", data, "--dump-batch", tmp_path / "b.json")
+    assert code == 0
+    code, second = run_cli(capsys, "--model", model_dir, "--batch", tmp_path / "b.json")
+    assert code == 0 and first.split("\n", 1)[1] == second.split("\n", 1)[1]
 
 
 def test_help(capsys):
     with pytest.raises(SystemExit):
         main(["conformance", "--help"])
     out = capsys.readouterr().out
-    assert "--metric NAME=VALUE" in out and "which ORPO conventions" in out
+    assert "--metrics-json FILE" in out and "which ORPO conventions" in out
+    assert "--loss 2.3456 \\\n" in out  # the example's line continuation survives the docstring

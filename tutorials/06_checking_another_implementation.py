@@ -7,8 +7,10 @@
 # 1. **Golden vectors** (`tests/golden/orpo_<preset>.json`, specified in `tests/golden/SPEC.md`): inputs at the
 #    level of per-token log-probabilities and masks, with the loss, metrics and gradients they must give, written
 #    by an independent plain-Python float64 generator. Any framework can run them.
-# 2. **`minorpo conformance`**: give it a model, a few pairs, and the numbers another implementation logged on
-#    those pairs; it computes every preset (paper, trl, official, llamafactory) and says which one matches.
+# 2. **`minorpo conformance`**: give it a model, a few pairs (or the other code's collated batch), and the numbers
+#    another implementation logged on them; it evaluates every combination of conventions from one forward and
+#    names the coordinates, and the known implementations (TRL, official, LLaMA-Factory, ms-swift, xtuner, ...)
+#    that share them.
 #
 # Here we write two small "foreign" implementations in NumPy — a correct one, and the widely copied manual loss
 # that PAPER.md section 5 warns about — and let both tools judge them.
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 
 from minorpo.collate import collate_padded
-from minorpo.conformance import compare, conformance_table
+from minorpo.conformance import judge
 from minorpo.config import ModelConfig
+from minorpo.conventions import Predictor, score_batch
 from minorpo.data import TokenizedPair
 from minorpo.model import build_model
 
@@ -117,10 +120,14 @@ assert abs(careful_orpo(both_certain, 1.0, "sequence_mean") - (1e-9 + np.log(1.5
 # ## 3. Which convention does an implementation follow? `minorpo conformance`
 #
 # Golden vectors need access to an implementation's internals (its token log-probs). Often you only have what
-# it logged: a loss, an nll_loss, some rewards. `minorpo conformance --model M --data D --limit 4 --loss X
-# --metric nll_loss=Y` computes those numbers under every preset on the same pairs (as one batch) and reports
-# which preset they follow. Here we do it in Python on a tiny model, with the "other implementation" written out
-# by hand below in plain torch, TRL-style: the NLL is a token mean over prompt + response of the chosen rows.
+# it logged: a loss, an nll_loss, some rewards. `minorpo conformance --model M --data D --limit 4
+# --metrics-json trainer_state.json` (or `--batch` with the other code's own collated batch) runs the model once
+# and evaluates every combination of conventions on those pairs, as one batch: NLL coverage and normalization,
+# the tokens of log P(y|x), the preference term, lambda, what logits/* average over. Each dimension is judged
+# from the quantities that identify it (nll_loss for the NLL, logps/* for log P(y|x), (loss - nll_loss) / lambda
+# and the odds metrics for the preference term), and the verdict names the known implementations at the matching
+# coordinates. Here we do it in Python on a tiny model, with the "other implementation" written out by hand below
+# in plain torch, TRL-style: the NLL is a token mean over prompt + response of the chosen rows.
 
 # %%
 torch.manual_seed(0)
@@ -152,18 +159,37 @@ def other_implementation(model, pairs, lam):
     seq = (tok * resp).sum(1) / resp.sum(1)  # Eq. 3
     a, b = seq[:B], seq[B:]
     log_or = (a - b) - (torch.log(-torch.expm1(a)) - torch.log(-torch.expm1(b)))
-    return {"loss": float(nll + lam * torch.nn.functional.softplus(-log_or).mean()), "nll_loss": float(nll),
-            "logps/chosen": float(a.mean())}
+    l_or = torch.nn.functional.softplus(-log_or)
+    return {"loss": float(nll + lam * l_or.mean()), "nll_loss": float(nll), "logps/chosen": float(a.mean()),
+            "logps/rejected": float(b.mean()), "log_odds_ratio": float(-l_or.mean())}
 
 
 reported = other_implementation(model, pairs, LAM)
-table = conformance_table(model, pairs, PAD, EOS, lam=LAM)
-for preset, metrics in table.items():
-    print(f"  {preset:13s} loss {metrics['loss']:.6f}  nll_loss {metrics['nll_loss']:.6f}")
-print(f"  reported      loss {reported['loss']:.6f}  nll_loss {reported['nll_loss']:.6f}")
-ranking = compare(table, reported, rtol=1e-5)  # float32 model: ~1e-6 relative differences are rounding
-for preset, diff, worst, ok in ranking:
-    print(f"  {preset:13s} max relative difference {diff:.1e} (in {worst}){'   MATCH' if ok else ''}")
-assert ranking[0][0] == "trl" and ranking[0][3]  # the hand-written loss is TRL's convention ...
-assert not any(ok for preset, _, _, ok in ranking if preset != "trl")  # ... and only TRL's
+scores = score_batch(model, collate_padded(pairs, PAD), PAD, EOS)  # ONE forward; every convention is a mask
+lines, status = judge(Predictor(scores), reported, rtol=1e-5, lam=LAM)  # float32 model: ~1e-6 is rounding
+print("\n".join(lines))
+verdict = next(line for line in lines if line.startswith("verdict:"))
+assert status == 0 and verdict.startswith("verdict: MATCH")  # one candidate on every identified dimension ...
+assert "shared by: trl (" in "\n".join(lines)  # ... and it is TRL's
+
+# %% [markdown]
+# The copied manual loss above, fed the same way, matches nothing: its one odds ratio per batch changes
+# log_odds_ratio and the loss, and the report names those quantities and the dimensions they identify.
+
+# %%
+batch = collate_padded(pairs, PAD)
+ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
+with torch.no_grad():
+    logp = torch.log_softmax(model(ids, attention_mask=torch.cat([batch["chosen_attention_mask"],
+                                                                  batch["rejected_attention_mask"]]))[:, :-1], -1)
+tok = logp.gather(-1, ids[:, 1:, None])[..., 0].numpy()
+resp = (torch.cat([batch["chosen_labels"], batch["rejected_labels"]])[:, 1:] != -100).numpy()
+real = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])[:, 1:].bool().numpy()
+B = len(pairs)
+inp = {"chosen_token_logps": tok[:B], "chosen_mask": resp[:B], "nll_mask": real[:B],
+       "rejected_token_logps": tok[B:], "rejected_mask": resp[B:]}
+copied_loss = copied_manual_orpo(inp, LAM, "token_mean")
+lines, status = judge(Predictor(scores), {"loss": copied_loss, "nll_loss": reported["nll_loss"]}, rtol=1e-5, lam=LAM)
+print("\n".join(lines[-4:]))
+assert status == 1 and "MATCH" not in next(line for line in lines if line.startswith("verdict:"))
 print("tutorial 6: all checks passed")
