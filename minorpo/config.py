@@ -11,8 +11,11 @@ top level) and transformers 5.x (`rope_parameters = {"rope_theta": ..., "rope_ty
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import UserError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "opt")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -20,7 +23,7 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                  "qwen2": "Qwen2ForCausalLM", "opt": "OPTForCausalLM"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config.json that minorpo cannot (or will not) turn into a model."""
 
 
@@ -79,6 +82,7 @@ class ModelConfig:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(f"unsupported model_type {model_type!r} in config.json; minorpo supports "
                               f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        _check_architectures(d)
         common = dict(
             model_type=model_type,
             vocab_size=_req(d, "vocab_size"),
@@ -197,6 +201,17 @@ class ModelConfig:
             if self.layer_types is not None:
                 d["layer_types"] = list(self.layer_types)
         return d
+
+
+def _check_architectures(d: dict) -> None:
+    """config.json's `architectures` (the transformers class) must be of the family its model_type names: a
+    GPT2LMHeadModel config with model_type llama is a broken file, not a Llama."""
+    ours = ARCHITECTURES.get(d["model_type"])
+    archs = d.get("architectures") or []
+    family = re.compile(r"(For[A-Z]\w*|LMHeadModel|Model)$")
+    if ours and archs and not any(family.sub("", a) == family.sub("", ours) for a in archs if isinstance(a, str)):
+        raise ConfigError(f"architectures {archs} does not match model_type {d['model_type']!r} (whose class is "
+                          f"{ours}); fix one of the two fields")
 
 
 def _req(d: dict, key: str):

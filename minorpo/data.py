@@ -41,6 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .datafiles import DataFileError, iter_rows  # noqa: F401  (DataFileError re-exported for users)
+from .errors import UserError
 
 # reasons a row is dropped, with what they mean
 REASONS = {
@@ -84,13 +85,13 @@ class DataConfig:
                    "response_truncation": ("keep_start", "drop")}
         for name, values in allowed.items():
             if getattr(self, name) not in values:
-                raise ValueError(f"DataConfig.{name}={getattr(self, name)!r}; expected one of {values}")
+                raise UserError(f"DataConfig.{name}={getattr(self, name)!r}; expected one of {values}")
         for name in ("max_length", "max_prompt_length"):
             if getattr(self, name) is not None and getattr(self, name) < 2:
-                raise ValueError(f"DataConfig.{name} must be None or >= 2, got {getattr(self, name)}")
+                raise UserError(f"DataConfig.{name} must be None or >= 2, got {getattr(self, name)}")
 
 
-class BadRowError(ValueError):
+class BadRowError(UserError):
     """A bad row under strict=True; .where, .reason, .detail."""
 
     def __init__(self, where: str, reason: str, detail: str):
@@ -240,12 +241,12 @@ def render(pair: Pair, tokenizer, config: DataConfig) -> tuple[str, str, str]:
     chat = config.template == "chat" or (config.template == "auto" and isinstance(pair.prompt, list))
     if not chat:
         if isinstance(pair.prompt, list):
-            raise ValueError("DataConfig.template='raw' cannot format message lists; use 'auto' or 'chat'")
+            raise UserError("DataConfig.template='raw' cannot format message lists; use 'auto' or 'chat'")
         if config.system is not None:
-            raise ValueError("DataConfig.system needs a chat template (raw-text rows have no system turn)")
+            raise UserError("DataConfig.system needs a chat template (raw-text rows have no system turn)")
         return pair.prompt, pair.chosen, pair.rejected
     if tokenizer.chat_template is None:
-        raise ValueError(f"{pair.where}: this row needs a chat template and the tokenizer has none; "
+        raise UserError(f"{pair.where}: this row needs a chat template and the tokenizer has none; "
                          f"use template='raw' with string rows")
     prompt = pair.prompt
     if isinstance(prompt, str):

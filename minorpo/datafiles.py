@@ -17,16 +17,17 @@ import fnmatch
 import gzip
 import json
 import os
-import re
 import zlib
 from pathlib import Path
 from typing import Iterator
 
+from .errors import MissingFileError, UserError
+from .fileio import first_line, is_local_path, no_such_path
+
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError):
     """A data file (or a dataset source) that cannot be read; the message names the file and line."""
 
 
@@ -34,37 +35,59 @@ def _ext(name: str) -> str | None:
     return next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    """UTF-8 text of one line (a leading BOM is dropped); a bad byte is reported by line and column."""
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                            f"save the file as UTF-8") from None
+
+
+def _json_error(path: Path, lineno: int, e: json.JSONDecodeError) -> str:
+    # json's messages may end in "at" ("Unterminated string starting at"): the column follows it
+    return f"{path}:{lineno}: invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno}"
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
+        with _open_bytes(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                line = _decode(raw, path, lineno)
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataFileError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                    raise DataFileError(_json_error(path, lineno, e)) from None
                 if not isinstance(row, dict):
                     raise DataFileError(f"{path}:{lineno}: expected one JSON object per line, "
                                         f"got {type(row).__name__}")
                 yield f"{path.name}:{lineno}", row
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {first_line(e)})") from e
 
 
 def _read_json(path: Path, split: str | None) -> Iterator[tuple[str, dict]]:
     try:
-        with _open_text(path) as f:
-            data = json.load(f)
+        with _open_bytes(path) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {first_line(e)})") from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        lineno = raw[:e.start].count(b"\n") + 1
+        _decode(raw[raw.rfind(b"\n", 0, e.start) + 1:e.end], path, lineno)  # raises, naming line and column
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno}); "
-                            f"a .json file holds one list of row objects (use .jsonl for one row per line)") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        raise DataFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+        raise DataFileError(_json_error(path, e.lineno, e) + "; a .json file holds one list of row objects (use "
+                            ".jsonl for one row per line)") from None
     if isinstance(data, dict) and isinstance(data.get(split or "train"), list):  # {"train": [...], "test": [...]}
         data = data[split or "train"]
     if not isinstance(data, list):
@@ -95,7 +118,7 @@ def read_file(path, split: str | None = None) -> Iterator[tuple[str, dict]]:
     """Rows of one local file, with their location."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
+        raise MissingFileError(no_such_path(path, "data file"))
     ext = _ext(path.name)
     if ext in (".jsonl", ".jsonl.gz"):
         yield from _read_jsonl(path)
@@ -139,8 +162,8 @@ def resolve_files(source, split: str | None = None, data_files: str | None = Non
     if path.is_dir():
         files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         return [path / f for f in select_files(files, split, data_files)]
-    if not HUB_ID.match(str(source)) or str(source).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"data source {source!r}: no such file or folder (and not a hub id 'org/name')")
+    if is_local_path(source):
+        raise MissingFileError(no_such_path(source, "data file or folder"))
     return _hub_files(str(source), split, data_files, revision)
 
 

@@ -12,3 +12,7 @@ class UserError(ValueError):
 
     A subclass of ValueError so that library callers who catch ValueError keep working.
     """
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder named on the command line that does not exist (also a FileNotFoundError)."""

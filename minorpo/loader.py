@@ -24,6 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ConfigError, ModelConfig
+from .errors import MissingFileError, UserError
+from .fileio import first_line, is_local_path, no_such_path
 from .model import build_model
 
 # What a hub download fetches: config, safetensors weights, tokenizer files. Never *.bin, never *.py.
@@ -33,18 +35,25 @@ HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.sa
 PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint folder that cannot be loaded (missing file, wrong tensor, unsupported format)."""
 
 
-def resolve(model_id_or_dir: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder as is, or a hub id downloaded (config/safetensors/tokenizer files only) to the HF cache."""
+def resolve(model_id_or_dir: str | os.PathLike, revision: str | None = None, local_only: bool = False) -> Path | None:
+    """A local folder as is, or a hub id downloaded (config/safetensors/tokenizer files only) to the HF cache.
+
+    A value that looks like a local path (fileio.is_local_path) and is not a folder fails at once, without a hub
+    lookup; local_only=True returns None for a hub id instead of fetching it."""
     path = Path(model_id_or_dir).expanduser()
     if path.is_dir():
         return path
     name = str(model_id_or_dir)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise CheckpointError(f"{name!r} is not a folder (and does not look like a hub id such as 'org/name')")
+    if path.exists():
+        raise CheckpointError(f"{name} is a file, not a model folder (config.json + *.safetensors + tokenizer.json)")
+    if is_local_path(name):
+        raise MissingFileError(no_such_path(name, "model folder"))
+    if local_only:
+        return None
     from huggingface_hub import snapshot_download  # imported here: only hub ids need it
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
@@ -52,9 +61,9 @@ def resolve(model_id_or_dir: str | os.PathLike, revision: str | None = None) -> 
                                       local_files_only=offline))
     except Exception as e:  # network, offline mode, unknown repo, gated repo: all end the same way for the user
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"{name!r} is not a local folder, and fetching it from the Hugging Face Hub "
-                              f"failed ({why}). Pass a folder holding config.json and *.safetensors, or "
-                              f"go online.") from e
+        raise CheckpointError(f"{name}: no such local folder, and fetching it from the Hugging Face Hub "
+                              f"failed ({first_line(why)}). Pass a folder holding config.json and *.safetensors, "
+                              f"or go online.") from e
 
 
 def read_config(folder: Path) -> ModelConfig:

@@ -34,6 +34,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _BackendTokenizer
 
+from .errors import MissingFileError, UserError
+from .fileio import first_line, is_local_path, no_such_path
+
 # the named special tokens transformers passes to chat templates (its SPECIAL_TOKENS_ATTRIBUTES), in its order
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # files `save` copies when they exist in the source folder
@@ -48,7 +51,7 @@ def _token_content(value, where: str) -> str | None:
         return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return value["content"]
-    raise ValueError(f"{where}: a special token must be a string or an AddedToken dict with 'content', got {value!r}")
+    raise UserError(f"{where}: a special token must be a string or an AddedToken dict with 'content', got {value!r}")
 
 
 def _added_token(value) -> AddedToken:
@@ -170,7 +173,7 @@ class Tokenizer:
             chat_template = {t["name"]: t["template"] for t in chat_template}
         if isinstance(chat_template, dict):
             if "default" not in chat_template:
-                raise ValueError(f"several chat templates {sorted(chat_template)} and none named 'default'")
+                raise UserError(f"several chat templates {sorted(chat_template)} and none named 'default'")
             chat_template = chat_template["default"]
         self.chat_template = chat_template  # str or None
         self._compiled = None
@@ -182,19 +185,19 @@ class Tokenizer:
         path = Path(path)
         tok_file, cfg_file, tpl_file = path / "tokenizer.json", path / "tokenizer_config.json", path / "chat_template.jinja"
         if not tok_file.exists():
-            raise FileNotFoundError(f"{tok_file} not found: minorpo needs a fast tokenizer (tokenizer.json)")
+            raise MissingFileError(f"{tok_file} not found: minorpo needs a fast tokenizer (tokenizer.json)")
         try:
             backend = _BackendTokenizer.from_file(str(tok_file))
         except Exception as e:  # tokenizers raises a bare Exception on a bad file
-            raise ValueError(f"{tok_file}: not a valid tokenizers file ({e})") from e
+            raise UserError(f"{tok_file}: not a valid tokenizers file ({first_line(e)})") from e
         config = {}
         if cfg_file.exists():
             try:
                 config = json.loads(cfg_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{cfg_file}: invalid JSON at line {e.lineno}: {e.msg}") from e
+                raise UserError(f"{cfg_file}: invalid JSON at line {e.lineno}: {e.msg}") from e
             if not isinstance(config, dict):
-                raise ValueError(f"{cfg_file}: expected a JSON object, got {type(config).__name__}")
+                raise UserError(f"{cfg_file}: expected a JSON object, got {type(config).__name__}")
         chat_template = tpl_file.read_text(encoding="utf-8") if tpl_file.exists() else None
         return cls(backend, config, chat_template, source_dir=path)
 
@@ -255,7 +258,7 @@ class Tokenizer:
         Extra keyword arguments become template variables (they override the special tokens), as in transformers.
         """
         if self.chat_template is None:
-            raise ValueError("this tokenizer has no chat template (none in tokenizer_config.json or "
+            raise UserError("this tokenizer has no chat template (none in tokenizer_config.json or "
                              "chat_template.jinja); use raw text formatting instead")
         if self._compiled is None:
             self._compiled = compile_chat_template(self.chat_template)
@@ -281,8 +284,10 @@ def load_tokenizer(model_id_or_dir, revision: str | None = None) -> Tokenizer:
     if path.is_dir():
         return Tokenizer.from_dir(path)
     name = str(model_id_or_dir)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"{name!r} is not a folder (and does not look like a hub id such as 'org/name')")
+    if path.exists():
+        raise UserError(f"{name} is a file, not a model folder (one holding tokenizer.json)")
+    if is_local_path(name):
+        raise MissingFileError(no_such_path(name, "model folder"))
     from huggingface_hub import snapshot_download  # only hub ids need it
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
@@ -291,6 +296,6 @@ def load_tokenizer(model_id_or_dir, revision: str | None = None) -> Tokenizer:
                                    local_files_only=offline)
     except Exception as e:  # offline, unknown or gated repo, network error
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
-        raise FileNotFoundError(f"{name!r} is not a local folder, and fetching its tokenizer from the Hugging Face "
-                                f"Hub failed ({why}). Pass a folder holding tokenizer.json.") from e
+        raise MissingFileError(f"{name}: no such local folder, and fetching its tokenizer from the Hugging Face "
+                               f"Hub failed ({first_line(why)}). Pass a folder holding tokenizer.json.") from e
     return Tokenizer.from_dir(folder)

@@ -41,6 +41,7 @@ from minorpo.checkpoint import latest_valid_checkpoint, load_checkpoint, save_ch
 from minorpo.fileio import atomic_write
 from minorpo.logprobs import compiled_head
 from minorpo.master import MasterWeights
+from minorpo.validate import check_train_config
 
 
 @dataclass
@@ -254,12 +255,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     Whatever happens, the process group (torchrun) is closed and PyTorch's process-wide cuDNN-attention switch is
     set back to what it was: a notebook that trains and then generates gets its own setting back.
     """
+    check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/validate.py)
     device = pick_device(cfg.device)
-    if cfg.attention == "flex" and device.type != "cuda":
-        raise ValueError(f"--attention flex trains on CUDA only (PyTorch's FlexAttention has no backward on {device.type}); "
-                         "use --attention sdpa")
-    if cfg.attention == "flex" and cfg.layout != "shared":
-        raise ValueError("--attention flex needs --layout shared (it skips the blocks of the shared layout's mask)")
     ddp = Distributed(device)
     cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
     try:

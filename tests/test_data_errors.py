@@ -102,15 +102,19 @@ BAD_FILES = [
     ("unsupported extension", "d.csv", "prompt,chosen,rejected\n", DataFileError, r"d\.csv: unsupported file type"),
     ("not gzip", "d.jsonl.gz", "plain text", DataFileError, r"d\.jsonl\.gz: cannot be read"),
     ("not parquet", "d.parquet", "plain text", DataFileError, r"d\.parquet: (not a readable parquet|reading)"),
-    ("not utf-8", "d.jsonl", b"\xff\xfe{}".decode("latin-1"), DataFileError, r"d\.jsonl: cannot be read"),
+    ("not utf-8", "d.jsonl", None, DataFileError, r"d\.jsonl:2: not UTF-8 text \(byte 0xff at column 13\)"),
+    ("json not utf-8", "d.json", None, DataFileError, r"d\.json:2: not UTF-8 text \(byte 0xff at column 13\)"),
+    ("unterminated string", "d.jsonl", f"{LINE}\n{{\"prompt\": \"hi", DataFileError,
+     r"d\.jsonl:2: invalid JSON: Unterminated string starting at column 12$"),
 ]
 
 
 @pytest.mark.parametrize("name,fname,content,error,message", BAD_FILES, ids=[c[0] for c in BAD_FILES])
 def test_malformed_file_fails_naming_file_and_line(tmp_path, tok, name, fname, content, error, message):
     path = tmp_path / fname
-    if name == "not utf-8":
-        path.write_bytes(b"\xff\xfe{}\n")
+    if content is None:  # a Latin-1 byte in row 2: {"prompt": "\xff...
+        path.write_bytes(("[" if fname.endswith(".json") else "").encode() + LINE.encode() + b"\n"
+                         + b'{"prompt": "\xff"}' + (b"]" if fname.endswith(".json") else b"") + b"\n")
     else:
         write(path, content, gz=fname.endswith(".gz") and name != "not gzip")
     with pytest.raises(error, match=message):

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from conftest import assert_close
 from tiny_models import V, saved
 
+from minorpo.errors import MissingFileError
 from minorpo.loader import CheckpointError, load, load_model, save
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding only (see test_model.py)
@@ -166,7 +167,7 @@ def test_hub_id_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf/hub"))
-    with pytest.raises(CheckpointError, match=r"'someorg/some-model'.*HF_HUB_OFFLINE"):
+    with pytest.raises(CheckpointError, match=r"someorg/some-model: no such local folder.*HF_HUB_OFFLINE"):
         load_model("someorg/some-model")
 
 
@@ -196,8 +197,10 @@ def test_hub_fetch_is_limited_to_safe_files(monkeypatch, llama):
 
 
 def test_not_a_folder():
-    with pytest.raises(CheckpointError, match="not a folder"):
-        load_model("./no/such/dir")
+    """A value that looks like a path is never looked up on the hub (see fileio.is_local_path)."""
+    for name in ("./no/such/dir", "tinyy", "no/such/dir"):
+        with pytest.raises(MissingFileError, match=f"^{name}: no such model folder"):
+            load_model(name)
 
 
 # ---------------------------------------------------------------------------------------------- save()
