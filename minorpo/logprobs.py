@@ -26,6 +26,11 @@ both the first chosen and the first rejected token.
 
 `token_logps_reference` is the same computation written the obvious (unchunked) way, for tests and teaching.
 
+Soft-capped logits (Gemma's final_logit_softcapping, `softcap` below): each chunk's logits z become
+cap * tanh(z / cap) before the logsumexp, in the accumulation dtype, and backward multiplies the gradient with
+respect to the capped logits by the derivative 1 - tanh(z / cap)^2. The cap is one more elementwise step per
+chunk, so memory is unchanged.
+
 Inside `with compiled_head():` (what `minorpo train --compile` uses) the per-chunk elementwise work - the cast of
 the logits to float32, the logsumexp, and in backward softmax, scaling, the target terms and the cast back - runs
 as torch.compile'd kernels that read each [C, V] block once, instead of one pass (and one [C, V] temporary) per
@@ -54,6 +59,13 @@ def shift_labels(labels: torch.Tensor, attention_mask: torch.Tensor | None = Non
     if attention_mask is not None:
         targets[:, :-1] = targets[:, :-1].masked_fill(attention_mask[:, :-1] == 0, IGNORE_INDEX)
     return targets
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(logits / cap): a smooth clamp of the logits to (-cap, cap) (Gemma 2/3); None = unchanged."""
+    if cap is None:
+        return logits
+    return torch.tanh(logits / cap) * cap
 
 
 def _accumulation_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -128,19 +140,22 @@ def compiled_head(enabled: bool = True):
         _COMPILED_HEAD = before
 
 
-def _chunk_lse(logits: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """logsumexp over the vocabulary in the accumulation dtype: [C, V] -> [C]."""
-    return torch.logsumexp(logits.to(acc), dim=-1)
+def _chunk_lse(logits: torch.Tensor, acc: torch.dtype, cap: float | None) -> torch.Tensor:
+    """logsumexp over the vocabulary of the (soft-capped) logits in the accumulation dtype: [C, V] -> [C]."""
+    return torch.logsumexp(softcap(logits.to(acc), cap), dim=-1)
 
 
-def _chunk_grad_logits(logits, lse, g, g_total, safe):
+def _chunk_grad_logits(logits, lse, g, g_total, safe, cap):
     """d(sum_k g_k logp_k)/d logits = sum_k g_k onehot(target_k) - (sum_k g_k) softmax, in one expression so
-    that compiled it is one pass over the [C, V] block. logits [C, V] (head dtype), lse [C], g [K, C] and
-    g_total [C] (accumulation dtype), safe [K, C] target ids. Returns [C, V] in the logits' dtype."""
-    grad = torch.exp(logits.to(lse.dtype) - lse[:, None]) * -g_total[:, None]                 # [C, V]
+    that compiled it is one pass over the [C, V] block. logits [C, V] (head dtype, before any cap), lse [C], g
+    [K, C] and g_total [C] (accumulation dtype), safe [K, C] target ids. Returns [C, V] in the logits' dtype."""
+    z = softcap(logits.to(lse.dtype), cap)                                                     # [C, V]
+    grad = torch.exp(z - lse[:, None]) * -g_total[:, None]                                     # [C, V]
     vocab = torch.arange(logits.shape[1], device=logits.device)                                # [V]
     for k in range(safe.shape[0]):  # K = 1 or 2 target tensors: unrolled when compiled
         grad = grad + torch.where(vocab[None, :] == safe[k][:, None], g[k][:, None], 0.0)       # [C, V]
+    if cap is not None:  # chain rule through cap * tanh(x / cap): times 1 - tanh^2 = 1 - (z / cap)^2
+        grad = grad * (1 - (z / cap) ** 2)
     return grad.to(logits.dtype)
 
 
@@ -152,14 +167,15 @@ def _compiled(fn):
 class ChunkedTokenLogps(torch.autograd.Function):
     """log P(targets) for M positions given their hidden states and the output head weight, chunk by chunk.
 
-    forward(hidden [M, H], weight [V, H], targets [K, M] long, chunk_size) -> logps [K, M] (float32/64).
+    forward(hidden [M, H], weight [V, H], targets [K, M] long, chunk_size, cap) -> logps [K, M] (float32/64);
+    cap: the logit soft-cap or None.
     Saved for backward: hidden, weight, targets and the logsumexp [M]; the logits are recomputed per chunk.
     The matmuls run in _head_dtype (bf16 under autocast), forward and backward alike; logsumexp, softmax and the
     weight gradient's sum over chunks in float32 (float64 for float64 inputs).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size):
+    def forward(ctx, hidden, weight, targets, chunk_size, cap=None):
         acc = _accumulation_dtype(hidden.dtype, weight.dtype)
         head = _head_dtype(hidden, weight)
         h, w = hidden.to(head), weight.to(head)  # one cast of the head weight per call, not one per chunk
@@ -172,15 +188,15 @@ class ChunkedTokenLogps(torch.autograd.Function):
             e = min(s + chunk_size, M)
             if fused:  # the cast and logsumexp in one compiled pass; gather from the head-dtype logits (exact)
                 logits = F.linear(h[s:e], w)  # [C, V] in the head dtype
-                lse[s:e] = _compiled(_chunk_lse)(logits, acc)  # [C]
-                out[:, s:e] = logits.gather(1, safe[:, s:e].T).T.to(acc) - lse[s:e]  # [K, C]
+                lse[s:e] = _compiled(_chunk_lse)(logits, acc, cap)  # [C]
+                out[:, s:e] = softcap(logits.gather(1, safe[:, s:e].T).T.to(acc), cap) - lse[s:e]  # [K, C]
                 continue
-            logits = F.linear(h[s:e], w).to(acc)  # [C, V], same values lm_head would give
+            logits = softcap(F.linear(h[s:e], w).to(acc), cap)  # [C, V], the values lm_head (+ cap) would give
             lse[s:e] = torch.logsumexp(logits, dim=-1)  # [C]
             out[:, s:e] = logits.gather(1, safe[:, s:e].T).T - lse[s:e]  # [K, C]
         out = out.masked_fill(targets == IGNORE_INDEX, 0.0)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size, ctx.head, ctx.fused = chunk_size, head, fused
+        ctx.chunk_size, ctx.head, ctx.fused, ctx.cap = chunk_size, head, fused, cap
         return out
 
     @staticmethod
@@ -198,11 +214,13 @@ class ChunkedTokenLogps(torch.autograd.Function):
             e = min(s + ctx.chunk_size, hidden.shape[0])
             if ctx.fused:  # one compiled pass: softmax, scale, target terms, cast to the head dtype
                 grad_logits = _compiled(_chunk_grad_logits)(F.linear(h[s:e], w), lse[s:e], g[:, s:e],
-                                                            g_total[s:e], safe[:, s:e])  # [C, V]
+                                                            g_total[s:e], safe[:, s:e], ctx.cap)  # [C, V]
             else:
-                logits = F.linear(h[s:e], w).to(acc)  # [C, V], recomputed
+                logits = softcap(F.linear(h[s:e], w).to(acc), ctx.cap)  # [C, V], recomputed
                 grad_logits = (logits - lse[s:e, None]).exp_().mul_(-g_total[s:e, None])  # -(sum g) softmax  [C, V]
                 grad_logits.scatter_add_(1, safe[:, s:e].T, g[:, s:e].T)  # + g_k at target k  [C, V]
+                if ctx.cap is not None:  # chain rule through the cap: times 1 - tanh^2 = 1 - (z / cap)^2
+                    grad_logits.mul_(1 - (logits / ctx.cap) ** 2)
                 grad_logits = grad_logits.to(ctx.head)
                 del logits
             if need_h:
@@ -210,16 +228,18 @@ class ChunkedTokenLogps(torch.autograd.Function):
             if need_w:
                 grad_w += (grad_logits.T @ h[s:e]).to(acc)  # [V, H], summed over chunks in float32/64
             del grad_logits
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
 
 
-def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets, chunk_size: int = DEFAULT_CHUNK_SIZE):
+def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                softcap: float | None = None):
     """log P(target | prefix) per position, without ever materializing the [N, T, V] logits.
 
     hidden [N, T, H]: the model's final hidden states (model(..., return_hidden=True)); weight [V, H]: the
     output head (model.lm_head.weight); targets [N, T] next-token targets or a tuple of such (scored with one
     logsumexp). Returns float32 [N, T] (float64 if hidden or weight is float64), or a tuple, 0 where the target
-    is IGNORE_INDEX. Differentiable w.r.t. hidden and weight (see ChunkedTokenLogps).
+    is IGNORE_INDEX. softcap: the model's final_logit_softcapping (Gemma), applied to each chunk's logits.
+    Differentiable w.r.t. hidden and weight (see ChunkedTokenLogps).
     """
     targets, single = _as_tuple(targets)
     if hidden.dim() != 3 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[-1]:
@@ -235,7 +255,7 @@ def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets, chunk_size:
     else:  # only positions with at least one target go through the output head
         scored = (stacked != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [M]
     logps = ChunkedTokenLogps.apply(hidden.reshape(N * T, H).index_select(0, scored), weight,
-                                    stacked[:, scored], chunk_size)  # [K, M]
+                                    stacked[:, scored], chunk_size, softcap)  # [K, M]
     full = torch.zeros(len(targets), N * T, dtype=logps.dtype, device=logps.device).index_copy(1, scored, logps)
     out = tuple(full.view(len(targets), N, T).unbind(0))  # K x [N, T]
     return out[0] if single else out
@@ -260,11 +280,18 @@ def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, *, average: bo
     return total / count if average else total
 
 
-def logit_sums(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def logit_sums(hidden: torch.Tensor, weight: torch.Tensor, cap: float | None = None,
+               chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """Sum over the vocabulary of the logits at each position, = hidden @ weight.sum(0), in float32: [N, T].
 
     Used only for the logits/chosen and logits/rejected metrics TRL logs (a mean of all logits), which this gives
     without materializing the logits. (No gradient is needed for a metric; call it under torch.no_grad().)
+    With a soft-cap (cap) the sum is no longer linear in the logits: then it is summed chunk by chunk.
     """
     acc = _accumulation_dtype(hidden.dtype, weight.dtype)
-    return hidden.to(acc) @ weight.to(acc).sum(0)  # [N, T]
+    if cap is None:
+        return hidden.to(acc) @ weight.to(acc).sum(0)  # [N, T]
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [N*T, H]
+    sums = [softcap(F.linear(flat[s:s + chunk_size], weight).to(acc), cap).sum(-1)  # [C]
+            for s in range(0, flat.shape[0], chunk_size)]
+    return torch.cat(sums).view(hidden.shape[:-1])  # [N, T]

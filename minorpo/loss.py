@@ -463,9 +463,10 @@ def preference_logps(model, batch: dict, preset="paper", pad_token_id=None, chun
     targets = torch.cat([targets[:B], targets[B:].masked_fill(~mask[B:], IGNORE_INDEX)])  # no NLL on rejected
     hidden = model(cat["input_ids"], attention_mask=cat["attention_mask"], return_hidden=True)  # [2B, T, H]
     weight = model.lm_head.weight  # [V, H]
-    logps = token_logps(hidden, weight, targets, chunk_size)  # [2B, T]
+    cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap, applied in the chunked head; else None
+    logps = token_logps(hidden, weight, targets, chunk_size, cap)  # [2B, T]
     with torch.no_grad():
-        sums = logit_sums(hidden, weight)  # [2B, T]
+        sums = logit_sums(hidden, weight, cap)  # [2B, T]
     V = weight.shape[0]
     return TokenLogps(logps[:B], mask[:B], nll_mask[:B], logps[B:], mask[B:],
                       _mean_logit(sums[:B], mask[:B], V, conv.logits_metric),
@@ -508,9 +509,10 @@ def preference_logps_shared_prompt(model, batch: dict, preset="paper", pad_token
     hidden = model(batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
                    return_hidden=True)  # [B, T, H]
     weight = model.lm_head.weight
-    chosen, rejected = token_logps(hidden, weight, (chosen_all, rejected_t), chunk_size)  # [B, T] each
+    cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap, applied in the chunked head; else None
+    chosen, rejected = token_logps(hidden, weight, (chosen_all, rejected_t), chunk_size, cap)  # [B, T] each
     with torch.no_grad():
-        sums = logit_sums(hidden, weight)  # [B, T]
+        sums = logit_sums(hidden, weight, cap)  # [B, T]
     V = weight.shape[0]
     return TokenLogps(chosen, chosen_mask, nll != IGNORE_INDEX, rejected, rejected_mask,
                       _mean_logit(sums, chosen_mask, V, "response"), _mean_logit(sums, rejected_mask, V, "response"))

@@ -1,10 +1,11 @@
-"""The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2/2.5, SmolLM2), written from scratch.
+"""The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2/2.5/3, SmolLM2), written from scratch.
 
 Parameter names are exactly those of transformers' LlamaForCausalLM, so a checkpoint loads with a 1:1 map:
 
     model.embed_tokens.weight                                  [V, C]
     model.layers.{i}.input_layernorm.weight                    [C]
     model.layers.{i}.self_attn.{q,k,v,o}_proj.weight (.bias)   [nh*hs, C] / [nkv*hs, C] / [C, nh*hs]
+    model.layers.{i}.self_attn.{q,k}_norm.weight               [hs]    (Qwen3 only)
     model.layers.{i}.post_attention_layernorm.weight           [C]
     model.layers.{i}.mlp.{gate,up,down}_proj.weight            [I, C] / [C, I]
     model.norm.weight                                          [C]
@@ -18,6 +19,8 @@ Where this model departs from the textbook transformer (Vaswani et al. 2017):
   - grouped-query attention: nkv < nh key/value heads, each shared by nh/nkv query heads;
   - SwiGLU MLP: down(silu(gate(x)) * up(x)), no biases (Llama's mlp_bias flag aside);
   - Qwen2 adds biases to q/k/v; Mistral and some Qwen2 layers attend only within a sliding window;
+  - Qwen3 drops the biases and normalizes each query and key head with its own RMSNorm before RoPE (QK-norm);
+  - Gemma 3 is this model with the departures listed in gemma3.py;
   - no dropout anywhere: these checkpoints use none, and minorpo trains OPT without it too (TRL's ORPOTrainer
     also disables dropout by default).
 
@@ -83,8 +86,8 @@ def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows
     """Turn the caller's mask into what scaled_dot_product_attention wants.
 
     attention_mask: None (causal) | [B, S] 0/1 padding mask (S = cached + new tokens) | [B, T, S] bool block mask
-    | a FlexAttention BlockMask (flex_block_mask below; needs position_ids, no cache, no sliding window).
-    Returns (position_ids [B, T], masks: {window: bool [B, 1, T, S] or None, or the BlockMask}). A mask of None
+    | a FlexAttention BlockMask (flex_block_mask below; needs position_ids and no cache).
+    Returns (position_ids [B, T], masks: {window: bool [B, 1, T, S] or None, or a BlockMask}). A mask of None
     means plain causal attention over T == S tokens (or one new token that sees every cached one): SDPA's is_causal.
     """
     B, T = input_ids.shape
@@ -92,12 +95,13 @@ def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows
     S = past + T
     device = input_ids.device
     if is_flex_mask(attention_mask):
-        if position_ids is None or kv_cache is not None or set(windows) != {None}:
-            raise ValueError("a FlexAttention BlockMask needs explicit position_ids, no KV cache and no sliding-window "
-                             "layers (use a [B, T, S] bool mask there)")
+        if position_ids is None or kv_cache is not None:
+            raise ValueError("a FlexAttention BlockMask needs explicit position_ids and no KV cache (use a [B, T, S] "
+                             "bool mask there)")
         if tuple(attention_mask.shape[-2:]) != (T, T) or attention_mask.shape[0] not in (1, B):
             raise ValueError(f"BlockMask of shape {tuple(attention_mask.shape)} for {B} rows of {T} tokens")
-        return position_ids, {None: attention_mask}
+        return position_ids, {w: attention_mask if w is None else flex_sliding_window(attention_mask, position_ids, w)
+                              for w in windows}
     block = attention_mask is not None and attention_mask.dim() == 3
 
     if attention_mask is not None:
@@ -207,6 +211,20 @@ def flex_block_mask(allowed: torch.Tensor):
     return create_block_mask(mask_mod, B, None, T, S, device=allowed.device)
 
 
+def flex_sliding_window(block_mask, position_ids: torch.Tensor, window: int):
+    """The BlockMask of a sliding-window layer: block_mask's pairs whose key is fewer than `window` positions before
+    the query, positions counted in each sequence's own position_ids (as prepare_attention does for dense masks, so
+    a rejected token of the shared layout counts its distance to the prompt as if chosen were not there)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    base = block_mask.mask_mod
+    B, T = position_ids.shape
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return base(b, h, q_idx, kv_idx) & (position_ids[b, q_idx] - position_ids[b, kv_idx] < window)
+
+    return create_block_mask(mask_mod, B, None, T, T, device=position_ids.device)
+
+
 @functools.cache
 def _flex_attention(cuda: bool):
     """flex_attention, compiled on CUDA (its fast form: one generated kernel per mask_mod) and plain on the CPU
@@ -276,7 +294,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig, layer: int, norm=RMSNorm):
         super().__init__()
         self.layer = layer
         self.nh, self.nkv, self.hs = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -285,16 +303,24 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, self.nkv * self.hs, bias=config.attention_bias)
         self.v_proj = nn.Linear(C, self.nkv * self.hs, bias=config.attention_bias)
         self.o_proj = nn.Linear(self.nh * self.hs, C, bias=config.attention_out_bias)
+        if config.qk_norm:  # Qwen3 / Gemma 3: each head's query and key vector normalized over its hs entries
+            self.q_norm = norm(self.hs, config.rms_norm_eps)
+            self.k_norm = norm(self.hs, config.rms_norm_eps)
+        # softmax scale: 1/sqrt(hs), or Gemma 3's 1/sqrt(query_pre_attn_scalar) (None = SDPA's 1/sqrt(hs))
+        s = config.query_pre_attn_scalar
+        self.scale = None if s is None else s ** -0.5
 
     def forward(self, x, cos, sin, mask, kv_cache):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)                   # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)                  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)                  # (B, nkv, T, hs)
+        if hasattr(self, "q_norm"):  # QK-norm comes before RoPE, so it sees the unrotated vectors
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)                                      # (B, nkv, S, hs)
-        y = attend(q, k, v, mask)                                                         # (B, nh, T, hs)
+        y = attend(q, k, v, mask, self.scale)                                             # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hs))            # (B, T, C)
 
 
@@ -385,6 +411,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.model_type == "opt":
         from .opt import OPTForCausalLM
         return OPTForCausalLM(config)
-    if config.model_type in ("llama", "mistral", "qwen2"):
+    if config.model_type == "gemma3_text":
+        from .gemma3 import Gemma3ForCausalLM
+        return Gemma3ForCausalLM(config)
+    if config.model_type in ("llama", "mistral", "qwen2", "qwen3"):
         return LlamaForCausalLM(config)
     raise ValueError(f"unsupported model_type {config.model_type!r}")

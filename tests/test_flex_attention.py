@@ -105,16 +105,34 @@ def test_flex_needs_the_shared_layout_and_cuda(inputs, tmp_path):
         train(cfg)
 
 
-def test_block_mask_refuses_sliding_window_layers(tmp_path):
-    """Mistral's sliding window is not folded into the BlockMask: the model says so instead of ignoring it."""
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_sliding_window_layers_equal_sdpa(tmp_path, arch):
+    """Sliding-window layers (Mistral: window 8 on every layer; Gemma 3: window 4 on layers 0 and 2, layer 1 global)
+    get their own BlockMask (model.flex_sliding_window): hidden states of a shared-layout batch equal SDPA's with
+    the dense mask, which prepare_attention windows in each sequence's own positions (float64, 1e-10 as above).
+    The rows (13-24 tokens) are longer than the windows, so the windows do cut allowed pairs (asserted)."""
+    from types import SimpleNamespace
+
     from minorpo.loader import load_model
     from tiny_models import saved
-    _, folder = saved("mistral", tmp_path / "mistral")
-    model = load_model(folder).eval()
-    ids = torch.randint(0, 200, (1, 12))
-    allowed = torch.ones(1, 12, 12, dtype=torch.bool).tril()
-    with torch.no_grad(), pytest.raises(ValueError, match="sliding-window"):
-        model(ids, attention_mask=flex_block_mask(allowed), position_ids=torch.arange(12)[None])
+    _, folder = saved(arch, tmp_path / arch)
+    model = load_model(folder, dtype=torch.float64).eval()
+    g = torch.Generator().manual_seed(3)
+
+    def ids(n):
+        return torch.randint(0, 200, (n,), generator=g).tolist()
+    pairs = [SimpleNamespace(prompt_ids=ids(p), chosen_ids=ids(c), rejected_ids=ids(r), where=f"pair {i}")
+             for i, (p, c, r) in enumerate([(6, 5, 7), (9, 8, 7), (3, 5, 5)])]
+    batch = collate_shared_prompt(pairs, 0)
+    pos = batch["position_ids"]
+    window = min(w for w in {layer.window for layer in model.layers} if w is not None)
+    assert (batch["attention_mask"] & (pos[:, :, None] - pos[:, None, :] >= window)).any()
+    with torch.no_grad():
+        dense = model(batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=pos,
+                      return_hidden=True)
+        flex = model(batch["input_ids"], attention_mask=flex_block_mask(batch["attention_mask"]), position_ids=pos,
+                     return_hidden=True)
+    assert_close(flex, dense, rtol=RTOL, atol=1e-12, what=f"{arch} hidden states, flex vs sdpa")
 
 
 @pytest.mark.slow  # dynamo traces the decoder block (no code generation: the aot_eager backend), ~10 s

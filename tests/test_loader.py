@@ -123,7 +123,7 @@ def test_unknown_model_type(llama):
     d = json.loads((llama[1] / "config.json").read_text())
     d["model_type"] = "gpt_neox"
     (llama[1] / "config.json").write_text(json.dumps(d))
-    with pytest.raises(CheckpointError, match=r"'gpt_neox'.*llama, mistral, qwen2, opt"):
+    with pytest.raises(CheckpointError, match=r"'gpt_neox'.*llama, mistral, qwen2, qwen3, gemma3_text, opt"):
         load_model(llama[1])
 
 
@@ -205,7 +205,8 @@ def test_not_a_folder():
 
 # ---------------------------------------------------------------------------------------------- save()
 
-@pytest.mark.parametrize("arch", ["llama-tied", "llama3-untied", "qwen2", "opt-350m"])
+@pytest.mark.parametrize("arch", ["llama-tied", "llama3-untied", "qwen2", "qwen3", "gemma3",
+                                  "gemma3-softcap-untied", "opt-350m"])
 def test_save_round_trip_read_by_transformers(tmp_path, arch):
     """save() writes a folder that transformers' from_pretrained loads to the same logits (oracle), with a tied
     weight stored once; minorpo reads it back too."""

@@ -30,9 +30,10 @@ peft = pytest.importorskip("peft", reason="peft not installed (test-only oracle)
 transformers = pytest.importorskip("transformers")
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding only; see the module docstring
-ARCHS = ["llama-tied", "qwen2", "opt"]
+ARCHS = ["llama-tied", "qwen2", "qwen3", "gemma3", "opt"]
 # PEFT's and minorpo's names for "the attention projections" of each architecture
 ATTENTION = {"llama-tied": ["q_proj", "k_proj", "v_proj", "o_proj"], "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+             "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"], "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj"],
              "opt": ["q_proj", "k_proj", "v_proj", "out_proj"]}
 IDS = torch.randint(0, 43, (2, 13), generator=torch.Generator().manual_seed(0))  # the word tokenizer's 43 ids
 
@@ -126,7 +127,7 @@ def test_peft_created_adapter_loads_into_minorpo(arch_folder, tmp_path):
         assert (logits(pm) - want).abs().max().item() > 1e-2  # the adapter matters
     model, _ = load(folder)
     names = load_peft_adapter(model, tmp_path / "peft")
-    assert len(names) == 2 * 2 * len(ATTENTION[arch])  # A and B, 2 layers, every target
+    assert len(names) == 2 * model.config.num_hidden_layers * len(ATTENTION[arch])  # A and B, every layer and target
     assert model.lora_config["r"] == 4 and model.lora_config["alpha"] == 8
     assert_close(logits(model), want, **TOL, what=f"{arch} minorpo with PEFT's adapter vs PEFT")
 

@@ -106,8 +106,9 @@ def test_block_mask_requires_position_ids(pair):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_state_dict_keys_and_hidden(pair, arch):
-    """state_dict keys and shapes are transformers' own; lm_head(return_hidden output) == logits; a tied
-    lm_head is the embedding tensor itself."""
+    """state_dict keys and shapes are transformers' own; lm_head(return_hidden output) == logits (soft-capped where
+    the config says so); a tied lm_head is the embedding tensor itself."""
+    from minorpo.gemma3 import softcap
     hf, ours = pair(arch)
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
            {k: tuple(v.shape) for k, v in hf.state_dict().items()}
@@ -115,7 +116,7 @@ def test_state_dict_keys_and_hidden(pair, arch):
     with torch.no_grad():
         hidden = ours(ids, return_hidden=True)
         assert hidden.shape == (2, 9, ours.lm_head.in_features)
-        assert torch.equal(ours.lm_head(hidden), ours(ids))
+        assert torch.equal(softcap(ours.lm_head(hidden), ours.config.final_logit_softcapping), ours(ids))
     emb = ours.model.decoder.embed_tokens if arch.startswith("opt") else ours.model.embed_tokens
     assert (ours.lm_head.weight is emb.weight) == ours.config.tie_word_embeddings
 
@@ -153,7 +154,7 @@ def loss_and_grads(model, ids, mask):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "opt-350m"])
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3", "opt-350m"])
 def test_gradient_checkpointing_same_loss_and_grads(pair, arch, monkeypatch):
     """Checkpointing on and off: identical loss and gradients (checkpointing recomputes the same float ops, so
     we require exact equality), and the switch really recomputes: each block runs twice per step when on."""
@@ -187,7 +188,7 @@ def test_gradient_checkpointing_same_loss_and_grads(pair, arch, monkeypatch):
         assert torch.isfinite(grads_off[name]).all(), f"{name}: a padding row leaked NaN into the gradient"
 
 
-@pytest.mark.parametrize("arch", LLAMA_FAMILY[:1] + ["opt"])
+@pytest.mark.parametrize("arch", LLAMA_FAMILY[:1] + ["qwen3", "gemma3-softcap-untied", "opt"])
 def test_gradients_match_transformers(pair, arch):
     """Backward through a left-padded batch: loss and gradients equal transformers' (oracle). Gradient
     tolerance atol 1e-5: float32 rounding of sums over 2 x 19 tokens of O(1) terms."""
