@@ -1,16 +1,21 @@
-"""Checkpoints that survive a crash.
+"""Checkpoints that survive a crash, in files that hold data only (no pickle).
 
 A checkpoint is a folder `RUN/checkpoints/step-000120/` holding
 
-    weights.safetensors   the trainable weights only (LoRA adapters, or every weight for full fine-tuning; with
-                          bf16 weights and float32 masters, minorpo/master.py, the float32 masters)
-    optimizer.pt          AdamW state (torch.save of the optimizer's state_dict)
-    trainer_state.pt      step, scheduler state, RNG states (torch, CUDA, Python, NumPy), data position
-    MANIFEST.json         size and SHA-256 of each file above, written last
+    weights.safetensors        the trainable weights only (LoRA adapters, or every weight for full fine-tuning;
+                               with bf16 weights and float32 masters, minorpo/master.py, the float32 masters)
+    trainer_state.safetensors  the tensors of the trainer state: AdamW's moments and step counts
+                               ("optimizer.<param index>.<name>") and the torch / CUDA RNG states ("rng.*")
+    trainer_state.json         the rest: step, data position (pairs seen; the data order itself is a pure function
+                               of seed and step, train.step_indices), scheduler state, the optimizer's param groups,
+                               Python and NumPy RNG states
+    MANIFEST.json              size and SHA-256 of each file above, written last
 
-It is written into a temporary folder and renamed into place, so a killed run never leaves a half-written
-folder under a `step-*` name; and the manifest is checked before loading, so a file truncated or corrupted
-later (a full disk, a bad copy) is detected and the previous checkpoint is used instead.
+Loading needs no pickle: torch.load (which can run code from a pickle) is not used. It is written into a
+temporary folder and renamed into place, so a killed run never leaves a half-written folder under a `step-*`
+name (the next start removes the temporary folder: clean_temporary); and the manifest is checked before
+loading, so a file truncated or corrupted later (a full disk, a bad copy) is detected and the previous
+checkpoint is used instead.
 """
 
 import hashlib
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from minorpo.errors import UserError
+
 MANIFEST = "MANIFEST.json"
 
 
@@ -35,21 +42,66 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
+def rng_state() -> tuple[dict, dict]:
+    """(tensors, JSON values): torch and CUDA RNG states as byte tensors, Python's and NumPy's as lists."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return tensors, {"python": [version, list(words), gauss],
+                     "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
 
 
-def set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def set_rng_state(tensors: dict, values: dict):
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, words, gauss = values["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = values["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def optimizer_state(optimizer) -> tuple[dict, dict]:
+    """(tensors, JSON values) of optimizer.state_dict(): per-parameter tensors by "optimizer.<index>.<name>",
+    everything else (param groups, non-tensor per-parameter values) as JSON."""
+    sd = optimizer.state_dict()
+    tensors, other = {}, {}
+    for idx, entry in sd["state"].items():
+        for name, v in entry.items():
+            if torch.is_tensor(v):
+                tensors[f"optimizer.{idx}.{name}"] = v.detach().contiguous().cpu()
+            else:
+                other.setdefault(str(idx), {})[name] = v
+    return tensors, {"param_groups": sd["param_groups"], "state": other}
+
+
+def optimizer_state_dict(tensors: dict, values: dict) -> dict:
+    """optimizer_state's inverse: the dict optimizer.load_state_dict takes."""
+    state = {int(i): dict(v) for i, v in values["state"].items()}
+    for key, t in tensors.items():
+        if key.startswith("optimizer."):
+            idx, name = key[len("optimizer."):].split(".", 1)
+            state.setdefault(int(idx), {})[name] = t
+    return {"state": state, "param_groups": values["param_groups"]}
+
+
+def read_optimizer_state(path: Path) -> dict:
+    """The optimizer state_dict a checkpoint holds (what optimizer.load_state_dict takes)."""
+    tensors, values = read_trainer_state(path)
+    return optimizer_state_dict(tensors, values["optimizer"])
+
+
+def read_trainer_state(path: Path) -> tuple[dict, dict]:
+    """(tensors, JSON values) of a checkpoint's trainer state."""
+    path = Path(path)
+    if not (path / "trainer_state.json").exists() and (path / "trainer_state.pt").exists():
+        raise UserError(f"{path} was written by an older minorpo (trainer_state.pt, a pickle file, which minorpo "
+                        "no longer loads): start the run again (--overwrite)")
+    return (load_file(str(path / "trainer_state.safetensors")),
+            json.loads((path / "trainer_state.json").read_text()))
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict:
@@ -73,9 +125,11 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict
     tmp.mkdir()
     weights = trainable_state_dict(model) if weights is None else weights
     save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra},
-               tmp / "trainer_state.pt")
+    opt_tensors, opt_values = optimizer_state(optimizer)
+    rng_tensors, rng_values = rng_state()
+    save_file({**opt_tensors, **rng_tensors}, str(tmp / "trainer_state.safetensors"))
+    values = {"step": step, **extra, "scheduler": scheduler.state_dict(), "optimizer": opt_values, "rng": rng_values}
+    (tmp / "trainer_state.json").write_text(json.dumps(values))
     files = sorted(p.name for p in tmp.iterdir())
     manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in files}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
@@ -88,6 +142,18 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def clean_temporary(run_dir, log=print):
+    """Remove the temporary folders of checkpoint writes that a killed run left behind."""
+    for tmp in sorted(Path(run_dir, "checkpoints").glob(".step-*.tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"removed {tmp}, the unfinished write of a checkpoint")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint folder (from its manifest)."""
+    return int(json.loads((Path(path) / MANIFEST).read_text())["step"])
 
 
 def list_checkpoints(run_dir) -> list:
@@ -135,15 +201,18 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, master=None) -> dic
     """
     weights = load_file(str(path / "weights.safetensors"))
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
+    shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+    wrong = sorted(n for n in set(weights) & expected if weights[n].shape != shapes[n])
+    if set(weights) != expected or wrong:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise ValueError(f"{path}/weights.safetensors does not match this model's trainable weights "
-                         f"(missing {missing[:3]}, unexpected {extra[:3]}): was the run started with other LoRA settings?")
+        raise UserError(f"{path}/weights.safetensors does not match this model's trainable weights (missing "
+                        f"{missing[:3]}, unexpected {extra[:3]}, other shape {wrong[:3]}): is it a checkpoint of "
+                        "another run (other LoRA settings, another model)?")
     model.load_state_dict(weights, strict=False)
     if master is not None:
         master.load_state_dict(weights)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)  # our own file: RNG tuples
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return state
+    tensors, values = read_trainer_state(path)
+    optimizer.load_state_dict(optimizer_state_dict(tensors, values["optimizer"]))
+    scheduler.load_state_dict(values["scheduler"])
+    set_rng_state(tensors, values["rng"])
+    return values

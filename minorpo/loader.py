@@ -188,21 +188,47 @@ def load(model_id_or_dir, dtype: torch.dtype = torch.float32, revision: str | No
     return model, Tokenizer.from_dir(folder)
 
 
-def save(model, tokenizer, out_dir, state_dict: dict | None = None) -> Path:
-    """Write config.json, model.safetensors (a tied weight stored once) and the tokenizer files to out_dir.
+def source_dtype(folder) -> torch.dtype:
+    """The dtype a checkpoint folder stores its floating-point weights in (read from the safetensors header)."""
+    folder = Path(folder)
+    names = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+    for file in weight_files(folder):
+        with safe_open(str(folder / file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                dtype = names.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return torch.float32
+
+
+def save(model, tokenizer, out_dir, state_dict: dict | None = None, dtype: torch.dtype | None = None,
+         source=None) -> Path:
+    """Write config.json, model.safetensors (a tied weight stored once), generation_config.json and the tokenizer
+    files to out_dir.
 
     state_dict: the weights to write instead of model.state_dict() (e.g. lora.merged_state_dict(model)).
+    dtype: the dtype of the floating-point weights written (default: the model's).
+    source: the checkpoint folder the model came from: its generation_config.json is copied (else one is written
+    from config.json's special tokens, as transformers does).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config: ModelConfig = model.config
-    dtype = next(model.parameters()).dtype
+    dtype = dtype or next(model.parameters()).dtype
     d = config.to_hf()
     d["dtype"] = d["torch_dtype"] = str(dtype).removeprefix("torch.")  # transformers 5 reads dtype, 4 torch_dtype
     (out / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    gen = Path(source) / "generation_config.json" if source is not None else None
+    if gen is not None and gen.exists():
+        (out / "generation_config.json").write_text(gen.read_text())
+    else:
+        tokens = {"bos_token_id": config.bos_token_id, "pad_token_id": config.pad_token_id,
+                  "eos_token_id": config.generation_eos_token_id or config.eos_token_id}
+        (out / "generation_config.json").write_text(json.dumps(
+            {"_from_model_config": True, **{k: v for k, v in tokens.items() if v is not None}}, indent=2) + "\n")
     state_dict = model.state_dict() if state_dict is None else state_dict
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()
-             if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    state = {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in state_dict.items() if not (config.tie_word_embeddings and k == "lm_head.weight")}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(out)

@@ -202,10 +202,10 @@ def finish_metrics(sums: dict, world: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, pairs, pad_id: int, spec: LossSpec, batch_size: int, device) -> dict:
+def evaluate(model, pairs, pad_id: int, spec: LossSpec, batch_size: int, device, on_batch=None) -> dict:
     """Held-out metrics: mean log-probs of chosen and rejected (Eq. 3), log odds ratio (Eq. 5), preference
     accuracy (fraction with log OR > 0), NLL of chosen responses (per-token mean over all held-out tokens),
-    and the ORPO loss of the preset at this lambda."""
+    and the ORPO loss of the preset at this lambda. on_batch(done, total, n): called after each batch (progress)."""
     a_all, b_all, nll_sum, nll_n = [], [], 0.0, 0
     paper = replace(spec, preset="paper")
     for i in range(0, len(pairs), batch_size):
@@ -215,6 +215,8 @@ def evaluate(model, pairs, pad_id: int, spec: LossSpec, batch_size: int, device)
         b_all.append(sequence_logps(tl.rejected, tl.rejected_mask).float())
         nll_sum += float(-torch.where(tl.chosen_mask, tl.chosen.float(), 0.0).sum())
         nll_n += int(tl.chosen_mask.sum())
+        if on_batch is not None:
+            on_batch(min(i + batch_size, len(pairs)), len(pairs), len(pairs[i:i + batch_size]))
     a, b = torch.cat(a_all), torch.cat(b_all)
     log_or = L.log_odds_ratio(a, b)
     return {"logps/chosen": float(a.mean()), "logps/rejected": float(b.mean()),

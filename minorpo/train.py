@@ -30,14 +30,15 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from minorpo import objective
-from minorpo.checkpoint import latest_valid_checkpoint, load_checkpoint, save_checkpoint
+from minorpo import objective, runs
+from minorpo.checkpoint import load_checkpoint, save_checkpoint
+from minorpo.errors import UserError
 from minorpo.fileio import atomic_write
 from minorpo.logprobs import compiled_head
 from minorpo.master import MasterWeights
@@ -113,12 +114,25 @@ class TrainConfig:
                                                       "choices": ["sdpa", "flex"]})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
     # --- bookkeeping
-    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps and at the last step (0 = only at the last step; -1 = never, "
+                                                            "for sweeps and benchmarks that need only metrics)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest intact checkpoint in --out"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar with ETA"})
+    resume: str = field(default="", metadata={"help": "continue the run in --out: from its newest intact checkpoint (--resume), or from "
+                                                       "the checkpoint folder PATH (--resume PATH); refuses changed settings "
+                                                       "except those minorpo/runs.py lists (e.g. a larger --max-steps)"})
+    overwrite: bool = field(default=False, metadata={"help": "delete the run already in --out and start again (without it, and "
+                                                              "without --resume, an existing run is never touched)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar with ETA (training and evaluation)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (torch.set_num_threads; 0 = torch's default, one per "
+                                                       "core); on a busy machine fewer threads can be much faster"})
+    report_to: str = field(default="jsonl", metadata={"help": "jsonl: RUN/metrics.jsonl only; tensorboard: also RUN/tensorboard/ "
+                                                               "(needs pip install tensorboard); metrics.jsonl is always written",
+                                                       "choices": ["jsonl", "tensorboard"]})
     export: bool = field(default=True, metadata={"help": "write RUN/adapter and the merged RUN/final at the end (--no-export: "
                                                           "benchmarks and sweeps that only need metrics)"})
+    export_dtype: str = field(default="auto", metadata={"help": "dtype of the weights in RUN/final: auto = the dtype of the model's "
+                                                                "own checkpoint (bf16 for a bf16 model), or float32, bfloat16, float16",
+                                                        "choices": ["auto", "float32", "bfloat16", "float16"]})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,20 +267,29 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     (the tests do) instead of being loaded from cfg.model / cfg.data.
 
     Whatever happens, the process group (torchrun) is closed and PyTorch's process-wide cuDNN-attention switch is
-    set back to what it was: a notebook that trains and then generates gets its own setting back.
+    set back to what it was (and so is the thread count --threads sets): a notebook that trains and then generates
+    gets its own settings back. What train() does with an existing run folder in cfg.out: minorpo/runs.py.
     """
     check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/validate.py)
     device = pick_device(cfg.device)
     ddp = Distributed(device)
-    cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
+    runs.require_tensorboard(cfg.report_to)
+    start = runs.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
+    if start.finished:
+        rows = runs.read_rows(Path(cfg.out) / "metrics.jsonl")
+        return rows[-1] if rows else {}
+    cudnn_before, threads_before = torch.backends.cuda.cudnn_sdp_enabled(), torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, device, ddp, model, tokenizer, pairs)
+        return _train(cfg, device, ddp, model, tokenizer, pairs, start)
     finally:
         ddp.close()
         torch.backends.cuda.enable_cudnn_sdp(cudnn_before)
+        torch.set_num_threads(threads_before)
 
 
-def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs) -> dict:
+def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.Start) -> dict:
     """train()'s body: model, data, optimizer, the loop, the export."""
     from minorpo.lora import apply_lora, save_peft_adapter
 
@@ -280,10 +303,12 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs) -> dict:
     torch.manual_seed(cfg.seed)
 
     # --- model
+    from minorpo.loader import resolve
+    source = resolve(cfg.model) if model is None else Path(cfg.model)  # a hub id: its local copy
     if model is None:
         from minorpo.loader import load
         dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
-        model, tokenizer = load(cfg.model, dtype=dtype)
+        model, tokenizer = load(source, dtype=dtype)
     model.to(device)
     if cfg.precision == "bf16-weights":  # a model passed in as float32 (the loader above already gives bf16)
         model.to(dtype=torch.bfloat16)
@@ -335,19 +360,14 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs) -> dict:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start_step = 0
-    metrics_path = out / "metrics.jsonl"
-    if cfg.resume:
-        ckpt = latest_valid_checkpoint(out, log=log)
-        if ckpt is None:
-            log(f"--resume: no intact checkpoint in {out}/checkpoints, starting from step 0")
-        else:
-            state = load_checkpoint(ckpt, model, optimizer, scheduler, master=master)
-            start_step = state["step"]
-            log(f"resumed from {ckpt} (step {start_step}, {state['pairs_seen']} pairs seen)")
+    if start.checkpoint is not None:
+        state = load_checkpoint(start.checkpoint, model, optimizer, scheduler, master=master)
+        start_step = state["step"]
+        log(f"resumed from {start.checkpoint} (step {start_step}, {state['pairs_seen']} pairs seen)")
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(metrics_path, start_step)
-        atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(asdict(cfg), indent=2)))
+        if start.checkpoint is None:
+            runs.write_config(out, cfg)  # a resumed run keeps its config.json (changes: RUN/resumes.jsonl)
         run_info = {"command": " ".join(sys.argv), "python": platform.python_version(), "torch": torch.__version__,
                     "device": str(device), "cpu": platform.processor() or platform.machine(),
                     "threads": torch.get_num_threads(), "world_size": ddp.world,
@@ -366,18 +386,21 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs) -> dict:
             return {}
         model.eval()
         with torch.no_grad(), autocast, compiled_head(cfg.compile):
-            ev = objective.evaluate(model, eval_set, pad_id, spec, batch_size=cfg.batch_size, device=device)
+            ev = objective.evaluate(model, eval_set, pad_id, spec, batch_size=cfg.batch_size, device=device,
+                                    on_batch=bar.eval_batch)
         model.train()
         ev = ddp.mean_dict(ev) if ddp.world > 1 else ev
         return {f"eval_{k}": v for k, v in ev.items()}
 
     # --- the loop
+    metrics = runs.MetricsLog(out, start_step, resumed=start.checkpoint is not None, report_to=cfg.report_to,
+                              main=ddp.main)
+    bar = Progress(cfg, start_step, global_batch, len(eval_set), ddp.main)
     model.train()
     last = {}
     if start_step == 0:
         last = evaluate(0)
-        _log_metrics(metrics_path, {"step": 0, **last}, ddp)
-    bar = _progress(cfg, start_step, ddp)
+        metrics.write({"step": 0, **last})
     t_start = time.time()
     for step in range(start_step, cfg.max_steps):
         t0 = time.time()
@@ -408,33 +431,38 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs) -> dict:
         row = objective.finish_metrics(ddp.mean_dict(sums), ddp.world)
         row.update({"step": step + 1, "epoch": (step + 1) * global_batch / len(train_set), "lr": lr,
                     "grad_norm": float(grad_norm), "step_time": time.time() - t0})
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
+        bar.step(step + 1, row["loss"], lr)
+        if eval_due(cfg, step + 1):
             row.update(evaluate(step + 1))
-        _log_metrics(metrics_path, row, ddp)
+        metrics.write(row)
         last = row
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-            bar.update(1)
-        if ddp.main and cfg.save_every and (step + 1) % cfg.save_every == 0:
+        if ddp.main and cfg.save_every >= 0 and (step + 1 == cfg.max_steps or
+                                                   (cfg.save_every and (step + 1) % cfg.save_every == 0)):
             save_checkpoint(out, step + 1, model, optimizer, scheduler,
                             {"pairs_seen": (step + 1) * global_batch}, keep=cfg.keep_checkpoints,
                             weights=master.state_dict() if master is not None else None)
         if ddp.world > 1:
             dist.barrier()
-    if bar is not None:
-        bar.close()
+    bar.close()
+    metrics.close()
 
     # --- export
-    if ddp.main and cfg.max_steps > start_step and cfg.export:
-        from minorpo.loader import save
+    if ddp.main and cfg.export:
+        from minorpo.loader import save, source_dtype
+        dtype = source_dtype(source) if cfg.export_dtype == "auto" else getattr(torch, cfg.export_dtype)
         if cfg.lora_r > 0:
             save_peft_adapter(model, out / "adapter", base_model_name_or_path=cfg.model)
-            save(model, tokenizer, out / "final", state_dict=_merged(model))
+            save(model, tokenizer, out / "final", state_dict=_merged(model), dtype=dtype, source=source)
         else:
-            save(model, tokenizer, out / "final")
+            save(model, tokenizer, out / "final", dtype=dtype, source=source)
         log(f"done: {cfg.max_steps - start_step} steps in {time.time() - t_start:.1f}s; "
-            f"{'adapter in ' + str(out / 'adapter') + ', ' if cfg.lora_r else ''}merged model in {out / 'final'}")
+            f"{'adapter in ' + str(out / 'adapter') + ', ' if cfg.lora_r else ''}merged model ({dtype}) in {out / 'final'}")
     return last
+
+
+def eval_due(cfg: TrainConfig, step: int) -> bool:
+    """Evaluate after this step? Every eval_every steps and after the last one (eval_every 0: only at step 0)."""
+    return bool(cfg.eval_every) and (step % cfg.eval_every == 0 or step == cfg.max_steps)
 
 
 def load_pairs(cfg: TrainConfig, tokenizer, out, log):
@@ -461,26 +489,39 @@ def _merged(model):
     return merged_state_dict(model)
 
 
-def _truncate_metrics(path: Path, step: int):
-    """On resume, drop logged rows after the checkpoint's step: they will be logged again."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write(path, lambda p: Path(p).write_text("".join(line + "\n" for line in keep)))
+class Progress:
+    """One progress bar over the whole run, evaluations included, so its ETA covers them too.
 
+    Its unit is the work of one pair's forward pass: a training step costs about 3 per pair (forward + backward),
+    an evaluation 1 per held-out pair. The bar's text counts steps and evaluation batches.
+    """
 
-def _log_metrics(path: Path, row: dict, ddp):
-    if ddp.main:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+    def __init__(self, cfg: TrainConfig, start: int, global_batch: int, eval_pairs: int, main: bool):
+        self.bar, self.cfg, self.eval_pairs = None, cfg, eval_pairs
+        self.step_cost = 3 * global_batch
+        if not (cfg.progress and main):
+            return
+        from tqdm import tqdm
+        evals = sum(eval_due(cfg, s) for s in range(start + 1, cfg.max_steps + 1)) + (start == 0)
+        total = (cfg.max_steps - start) * self.step_cost + evals * eval_pairs
+        self.bar = tqdm(total=total, desc=f"{cfg.method} step {start}/{cfg.max_steps}", dynamic_ncols=True,
+                        smoothing=0, bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]{postfix}")
 
+    def step(self, step: int, loss: float, lr: float):
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.cfg.method} step {step}/{self.cfg.max_steps}", refresh=False)
+            self.bar.set_postfix_str(f"loss {loss:.4f}, lr {lr:.2e}", refresh=False)
+            self.bar.update(self.step_cost)
 
-def _progress(cfg, start, ddp):
-    if not (cfg.progress and ddp.main):
-        return None
-    from tqdm import tqdm
-    return tqdm(total=cfg.max_steps, initial=start, desc=f"{cfg.method} training", unit="step", dynamic_ncols=True)
+    def eval_batch(self, done: int, total: int, n: int):
+        """Called by objective.evaluate after each batch (n pairs, done of total)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"evaluating {done}/{total} held-out pairs", refresh=False)
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -490,21 +531,36 @@ def _progress(cfg, start, ddp):
 def add_cli(subparsers):
     p = subparsers.add_parser("train", help="train with ORPO (or SFT / DPO for comparison)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(TrainConfig):
+    p.add_argument("--config", metavar="FILE", help="a JSON object of settings (the options below, with _ for -; a "
+                                                     "run's own config.json works): options given here override it")
+    for f in fields(TrainConfig):  # default SUPPRESS: what was typed is told apart from defaults (--config)
         flag = "--" + f.name.replace("_", "-")
-        kw = {"help": (f.metadata.get("help", "") + f" (default: {f.default})").replace("%", "%%")}
-        if f.type in (bool, "bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kw)
+        kw = {"help": (f.metadata.get("help", "") + f" (default: {f.default!r})").replace("%", "%%"),
+              "default": argparse.SUPPRESS}
+        if f.name == "resume":
+            p.add_argument(flag, nargs="?", const="latest", metavar="PATH", **kw)
+        elif f.type in (bool, "bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
-            p.add_argument(flag, type=typ, default=f.default, required=f.name in ("model", "data"), **kw)
+            p.add_argument(flag, type=typ, **kw)
     p.add_argument("--lambda", dest="lam", type=float, default=argparse.SUPPRESS, help="same as --lam")
     p.set_defaults(func=_cli_main)
 
 
+def config_from_args(args) -> TrainConfig:
+    """TrainConfig from defaults, then --config FILE, then the options typed on the command line."""
+    settings = runs.read_config_file(args.config, TrainConfig) if args.config else {}
+    names = {f.name for f in fields(TrainConfig)}
+    settings.update({k: v for k, v in vars(args).items() if k in names})
+    for required in ("model", "data"):
+        if not settings.get(required):
+            raise UserError(f"--{required} is required (on the command line or in --config)")
+    return TrainConfig(**settings)
+
+
 def _cli_main(args) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    train(cfg)
+    train(config_from_args(args))
     return 0

@@ -174,7 +174,7 @@ def minorpo_child(args, plan: dict, overrides: dict) -> dict:
                       lora_targets="attention", lr=args.lr, optimizer="adamw", weight_decay=0.0, warmup_steps=0,
                       schedule="constant", max_steps=steps, batch_size=args.batch_size, grad_accum=1,
                       max_grad_norm=1.0, seed=0, max_length=args.max_length, max_prompt_length=args.max_length,
-                      eval_pairs=0, eval_every=0, save_every=0, progress=False, export=False,
+                      eval_pairs=0, eval_every=0, save_every=-1, progress=False, export=False,
                       precision=precision, device=args.device, **overrides)
     # record what train() collates, step by step: which pairs, and the batch's shape (padding included)
     batches = []

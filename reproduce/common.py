@@ -443,7 +443,8 @@ def train_run(args, out: Path, method: str, model_and_tok=None, pairs=None, **ov
     if pairs is None:
         pairs = load_pairs(args, tok, args.settings.get("pairs") or None)
     cfg = TrainConfig(model=str(args.model_used), data=str(getattr(args, "data_used", "")), out=str(out),
-                      method=method, seed=args.seed, device=str(args.device), progress=False, save_every=0,
+                      method=method, seed=args.seed, device=str(args.device), progress=False, save_every=-1,
+                      overwrite=True,  # a re-run of a script replaces its runs
                       max_length=args.settings["max_length"], max_prompt_length=args.settings["max_prompt_length"])
     for k, v in {**args.settings["train"], **overrides}.items():
         if not hasattr(cfg, k):

@@ -177,7 +177,7 @@ def _train(folder, data, out, dev, **kw):
     model, tok = load(folder, dtype=torch.float32)
     base = dict(model=str(folder), data=str(data), out=str(out), lora_r=0, lr=0.05, optimizer="sgd",
                 max_grad_norm=0.0, max_steps=3, warmup_steps=0, schedule="constant", eval_pairs=4, eval_every=0,
-                save_every=0, progress=False, max_length=64, lam=0.5, batch_size=4, device=dev.type, export=False)
+                save_every=-1, progress=False, max_length=64, lam=0.5, batch_size=4, device=dev.type, export=False)
     base.update(kw)
     cfg = TrainConfig(**base)
     last = train(cfg, model=model, tokenizer=tok, pairs=_pairs(data, tok))
@@ -226,7 +226,7 @@ def check_training(folders, data, dev, root: Path):
     kw = dict(optimizer="adamw", lr=1e-3, max_grad_norm=1.0, max_steps=4)
     _, _, straight = _train(folder, data, root / "straight", dev, **kw)
     _train(folder, data, root / "resumed", dev, **{**kw, "max_steps": 2, "save_every": 2})
-    _, _, resumed = _train(folder, data, root / "resumed", dev, **kw, resume=True)
+    _, _, resumed = _train(folder, data, root / "resumed", dev, **kw, resume="latest")
     check("checkpoint at step 2 + resume to 4 vs 4 straight steps, CUDA: per-step loss",
           max(abs(a - b) / abs(b) for a, b in zip(resumed, straight)), 1e-6,
           "the same computation; GPU kernels here are deterministic at this size")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minorpo.checkpoint import list_checkpoints
+from minorpo.checkpoint import list_checkpoints, read_optimizer_state
 from minorpo.master import MasterWeights
 from test_train import _run, tiny_run_inputs  # noqa: F401  (tiny_run_inputs is a pytest fixture)
 
@@ -133,7 +133,7 @@ def test_full_fine_tuning_in_bf16_weights(tiny_run_inputs, tmp_path, fp32_full_s
     # masters hold what bf16 cannot: some weight's float32 master is not a bf16 number
     assert any(not torch.equal(w2[n], w2[n].to(torch.bfloat16).float()) for n in names)
     assert any(not torch.equal(w1[n], w2[n]) for n in names)
-    state = torch.load(ckpt2 / "optimizer.pt", weights_only=True)["state"]
+    state = read_optimizer_state(ckpt2)["state"]
     assert len(state) == len(names)
     assert all(s["exp_avg"].dtype == torch.float32 and s["exp_avg_sq"].dtype == torch.float32 for s in state.values())
 
@@ -144,7 +144,7 @@ def test_full_bf16_weights_resume_is_exact(tiny_run_inputs, tmp_path):
     kw = dict(lora_r=0, lr=1e-3, precision="bf16-weights", save_every=2, max_steps=4)
     whole, _ = _run(tiny_run_inputs, tmp_path / "whole", torch.bfloat16, **kw)
     _run(tiny_run_inputs, tmp_path / "split", torch.bfloat16, **{**kw, "max_steps": 2})
-    resumed, _ = _run(tiny_run_inputs, tmp_path / "split", torch.bfloat16, **kw, resume=True)
+    resumed, _ = _run(tiny_run_inputs, tmp_path / "split", torch.bfloat16, **kw, resume="latest")
     a = load_file(str(list_checkpoints(tmp_path / "whole")[-1] / "weights.safetensors"))
     b = load_file(str(list_checkpoints(tmp_path / "split")[-1] / "weights.safetensors"))
     assert list_checkpoints(tmp_path / "split")[-1].name == "step-000004"

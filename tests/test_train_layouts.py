@@ -166,7 +166,7 @@ def test_length_buckets_resume_is_exact(inputs, tmp_path):
     kw = dict(length_buckets=3, batch_size=2, optimizer="adamw", lr=0.01, lora_r=4, lora_alpha=8)
     whole, _ = _run(inputs, tmp_path / "whole", torch.float32, max_steps=4, **kw)
     _run(inputs, tmp_path / "resumed", torch.float32, max_steps=2, save_every=2, **kw)
-    resumed, _ = _run(inputs, tmp_path / "resumed", torch.float32, max_steps=4, save_every=2, resume=True, **kw)
+    resumed, _ = _run(inputs, tmp_path / "resumed", torch.float32, max_steps=4, save_every=2, resume="latest", **kw)
     for n, p in _params(whole).items():
         assert torch.equal(_params(resumed)[n], p), n
     steps = [r["step"] for r in _rows(tmp_path / "resumed")]

@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from minorpo.checkpoint import list_checkpoints
+from minorpo.checkpoint import list_checkpoints, read_optimizer_state
 from minorpo.lora import lora_layers
 from test_train import _pairs, _run, tiny_run_inputs  # noqa: F401  (tiny_run_inputs is a pytest fixture)
 
@@ -66,7 +66,7 @@ def test_bf16_step1_loss_close_to_fp32(tiny_run_inputs, tmp_path, fp32_step1, pr
     assert any(m.lora_B.weight.abs().max() > 0 for _, m in lora_layers(model))  # the fp32 LoRA update was applied
     # AdamW's state, as checkpointed after step 1: fp32 moments for every trainable (LoRA) parameter
     [ckpt] = list_checkpoints(tmp_path / "run")
-    state = torch.load(ckpt / "optimizer.pt", weights_only=True)["state"]
+    state = read_optimizer_state(ckpt)["state"]
     assert len(state) == len(lora)
     for s in state.values():
         assert s["exp_avg"].dtype == torch.float32 and s["exp_avg_sq"].dtype == torch.float32
