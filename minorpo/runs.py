@@ -251,9 +251,3 @@ def _step_of(line: str):
     except (ValueError, KeyError, TypeError):
         return None
 
-
-def require_tensorboard(report_to: str):
-    import importlib.util
-    if report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard "
-                        "(or pip install 'minorpo[tensorboard]'); metrics.jsonl is written either way")

@@ -273,7 +273,6 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/validate.py)
     device = pick_device(cfg.device)
     ddp = Distributed(device)
-    runs.require_tensorboard(cfg.report_to)
     start = runs.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
     if start.finished:
         rows = runs.read_rows(Path(cfg.out) / "metrics.jsonl")

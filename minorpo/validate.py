@@ -37,7 +37,8 @@ RANGES = {
     "max_pairs": (lambda v: v >= 0, ">= 0 (0 = all)"),
     "chunk_size": (lambda v: v >= 0, ">= 0 (0 = unchunked)"),
     "length_buckets": (lambda v: v >= 0, ">= 0 (0 = off)"),
-    "save_every": (lambda v: v >= 0, ">= 0"),
+    "save_every": (lambda v: v >= -1, ">= 0, or -1 (never)"),
+    "threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
     "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
 }
 
@@ -73,6 +74,11 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
                         f"{device.type}); use --attention sdpa")
     if cfg.attention == "flex" and cfg.layout != "shared":
         raise UserError("--attention flex needs --layout shared (it skips the blocks of the shared layout's mask)")
+    if cfg.report_to == "tensorboard":
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard (or "
+                            "pip install 'minorpo[tensorboard]'); metrics.jsonl is written either way")
     if model:
         check_local_model(cfg.model)
     if data:
