@@ -87,6 +87,8 @@ def relative_difference(x: float, y: float) -> float:
 def _tolerance(name: str, value: float, pred: dict, reported: dict, rtol: float, lam: float) -> float:
     """Absolute tolerance of one quantity: rtol of the numbers it is computed from (a difference of two reported
     numbers, or of two log-probs, is only as precise as they are)."""
+    if name == "rewards/accuracies":
+        return rtol  # a fraction of the pairs, in [0, 1]
     if name == DERIVED:
         return rtol * ((abs(reported["loss"]) + abs(reported["nll_loss"])) / lam + abs(value))
     if name in ("rewards/margins", "log_odds_chosen", "log_odds_ratio", "odds_ratio_loss"):
