@@ -19,6 +19,7 @@ COMMANDS = {
     "train": "minorpo.train",
     "plot": "minorpo.plot",
     "conformance": "minorpo.conformance",
+    "exercises": "minorpo.exercises.grader",
 }
 
 

@@ -1,0 +1,5 @@
+import torch
+
+
+def log1mexp(x):
+    return torch.log(-torch.expm1(x))  # right near 0 only

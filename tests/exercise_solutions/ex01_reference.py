@@ -1,0 +1,1 @@
+from minorpo.loss import log1mexp

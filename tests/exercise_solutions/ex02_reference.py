@@ -1,0 +1,1 @@
+from minorpo.logprobs import sequence_logps

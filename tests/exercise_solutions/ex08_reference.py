@@ -1,0 +1,1 @@
+from minorpo.lora import LoRALinear  # noqa: F401
