@@ -95,10 +95,18 @@ def reference(case: Case, lam: float, nll_coverage="response", nll_normalization
     return float(-nll) + lam * term
 
 
+def _exact(logits: torch.Tensor, targets: torch.Tensor, logps: torch.Tensor) -> None:
+    """In place: logits [n, V] rows with logit x for each target and 0 elsewhere, x = log(V - 1) + l - log(1 - e^l),
+    so that log_softmax gives exactly log-prob l for the target."""
+    V = logits.shape[-1]
+    logits.zero_()
+    logits[torch.arange(len(targets)), targets] = math.log(V - 1) + logps - torch.log(-torch.expm1(logps))
+
+
 def case_to_batch(case: Case, vocab_size: int = 16, pad_id: int = EOS, seed: int = 0) -> dict:
-    """A padded batch whose logits give exactly the case's log-probs: logits [B, T, V], input_ids, attention_mask,
-    labels per side. Each scored position has logit x for its target and 0 elsewhere, with
-    x = log(V - 1) + l - log(1 - e^l), so that log_softmax picks out l; other positions get random logits."""
+    """A padded batch whose logits give exactly the case's log-probs: logits [B, T, V] (float64), input_ids,
+    attention_mask, labels per side, random token ids (each response ends with EOS); unscored positions get random
+    logits."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for side in ("chosen", "rejected"):
@@ -113,12 +121,41 @@ def case_to_batch(case: Case, vocab_size: int = 16, pad_id: int = EOS, seed: int
             row[-1] = EOS  # every response ends with its EOS
             ids[i, :n], mask[i, :n] = row, 1
             labels[i, len(p) + 1:n] = row[len(p) + 1:]
-            lp = torch.tensor(s, dtype=torch.float64)
-            x = math.log(vocab_size - 1) + lp - torch.log(-torch.expm1(lp))  # [n - 1]
-            logits[i, :n - 1] = 0.0
-            logits[i, torch.arange(n - 1), row[1:]] = x
+            _exact(logits[i, :n - 1], row[1:], torch.tensor(s, dtype=torch.float64))
         out.update({f"{side}_logits": logits, f"{side}_input_ids": ids, f"{side}_attention_mask": mask,
                     f"{side}_labels": labels})
+    return out
+
+
+def golden_to_batch(case: dict, padding_side: str = "right", pad_to_multiple_of: int | None = None,
+                    seed: int = 0) -> dict:
+    """A token-level golden case (tests/golden/orpo_tokens.json, SPEC.md) -> the padded layout with logits that
+    give exactly its log-probs: chosen_/rejected_ logits [B, T, V] float64, input_ids (padded with the case's
+    pad_id), attention_mask, labels, truncated [B]; pads on padding_side, T rounded up to pad_to_multiple_of.
+    Feed it to another implementation's loss-from-logits code to check which tokens it scores."""
+    g = torch.Generator().manual_seed(seed)
+    V, pad = case["vocab_size"], case["pad_id"]
+    out = {}
+    for side in ("chosen", "rejected"):
+        seqs = [p["prompt_ids"] + p[f"{side}_ids"] for p in case["pairs"]]
+        T = max(map(len, seqs))
+        if pad_to_multiple_of:
+            T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+        B = len(seqs)
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        mask, labels = torch.zeros(B, T, dtype=torch.long), torch.full((B, T), -100, dtype=torch.long)
+        logits = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+        for i, (pair, seq) in enumerate(zip(case["pairs"], seqs)):
+            n = len(seq)
+            start = 0 if padding_side == "right" else T - n
+            ids[i, start:start + n], mask[i, start:start + n] = torch.tensor(seq), 1
+            labels[i, start + len(pair["prompt_ids"]):start + n] = torch.tensor(pair[f"{side}_ids"])
+            targets = torch.tensor(seq[1:] + [pad])  # the next tokens, then the extra target (pad id)
+            _exact(logits[i, start:start + n], targets, torch.tensor(case[f"{side}_token_logps"][i],
+                                                                       dtype=torch.float64))
+        out.update({f"{side}_logits": logits, f"{side}_input_ids": ids, f"{side}_attention_mask": mask,
+                    f"{side}_labels": labels,
+                    f"{side}_truncated": torch.tensor([p[f"{side}_truncated"] for p in case["pairs"]])})
     return out
 
 

@@ -71,6 +71,8 @@ def test_golden_files_are_what_the_script_writes():
     for preset in PRESETS:
         stored = json.loads((GOLDEN / f"orpo_{preset}.json").read_text())
         assert _close(stored, json.loads(json.dumps(generated[preset]))), preset
+    stored = json.loads((GOLDEN / "orpo_tokens.json").read_text())["cases"]
+    assert _close(stored, json.loads(json.dumps(load_generator().token_cases()))), "orpo_tokens.json"
 
 
 def _close(x, y) -> bool:
@@ -81,3 +83,38 @@ def _close(x, y) -> bool:
     if isinstance(x, float):
         return abs(x - y) <= 4 * 2.0 ** -52 * max(abs(x), abs(y))
     return x == y
+
+
+def token_cases():
+    data = json.loads((GOLDEN / "orpo_tokens.json").read_text())
+    for c in data["cases"]:
+        for preset in PRESETS:
+            for layout in (("right", None), ("left", None), ("right", 8)):
+                yield pytest.param(c, preset, layout, id=f"{c['name']}-{preset}-{layout[0]}{layout[1] or ''}")
+
+
+@pytest.mark.parametrize("case,preset,layout", list(token_cases()))
+def test_token_golden_case(case, preset, layout):
+    """Token-level goldens: minorpo builds the masks from token ids (loss.preference_targets) on the batch that
+    minorpo.testing.golden_to_batch converts the case to (right/left padding, a multiple of 8), and gets the
+    generator's loss and metrics. Tolerance 1e-10: the logits reproduce each log-prob to ~1e-15 (x ~ 20 rounded),
+    and the NLL and log OR add a few dozen of them."""
+    from minorpo.loss import orpo_loss_from_logits
+    from minorpo.testing import golden_to_batch
+
+    batch = golden_to_batch(case, padding_side=layout[0], pad_to_multiple_of=layout[1])
+    for side in ("chosen", "rejected"):  # the converter: log_softmax picks out exactly the case's log-probs
+        logp = torch.log_softmax(batch[f"{side}_logits"], -1)
+        for i, pair in enumerate(case["pairs"]):
+            real = batch[f"{side}_attention_mask"][i].bool()
+            seq = batch[f"{side}_input_ids"][i][real]
+            targets = torch.cat([seq[1:], torch.tensor([case["pad_id"]])])
+            got = logp[i][real].gather(-1, targets[:, None])[:, 0]
+            assert_close(got, torch.tensor(case[f"{side}_token_logps"][i], dtype=torch.float64), rtol=1e-13,
+                         atol=1e-13, what=f"{side} row {i} log-probs")
+    loss, metrics = orpo_loss_from_logits(batch["chosen_logits"], batch["rejected_logits"], batch, preset,
+                                          lam=case["lambda"], pad_token_id=case["pad_id"])
+    want = case["expected"][preset]
+    assert loss.item() == pytest.approx(want["loss"], rel=1e-10)
+    for name, value in want["metrics"].items():
+        assert metrics[name] == pytest.approx(value, rel=1e-10, abs=1e-12), name

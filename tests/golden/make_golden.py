@@ -215,6 +215,76 @@ def cases_for(preset):
     return out
 
 
+# ---- token-level cases: token ids, so that the masks themselves are tested --------------------------------------
+# Each pair's sequence is prompt_ids + response_ids; target i (i = 0 .. len - 2) is token i + 1 predicted at position
+# i; one more log-prob, of pad_id at the last position, is the official code's extra target (none when the row was
+# truncated at max_length). The presets' rules, from token ids alone (see SPEC.md):
+#   log P(y|x)  the response targets (i + 1 >= len(prompt)), + the extra target under `official` when not truncated
+#   NLL         the chosen response targets, or every chosen target (prompt+response); `official` drops targets whose
+#               id == pad_id (with pad = eos: every EOS)
+
+
+def token_masks(seq, n_prompt, truncated, preset, side):
+    conv = PRESETS[preset]
+    n = len(seq)  # targets 0 .. n - 2, then the extra target at index n - 1
+    response = [i + 1 >= n_prompt for i in range(n - 1)] + [conv["extra"] and not truncated]
+    if side == "rejected":
+        return response, None
+    nll = [i + 1 >= n_prompt or conv["nll_coverage"] == "prompt+response" for i in range(n - 1)] + [False]
+    return response, nll
+
+
+def token_case(name, note, lam, ids, pairs, rng):
+    """ids: dict(vocab_size, bos_id, eos_id, pad_id, max_length); pairs: dicts prompt_ids, chosen_ids, rejected_ids,
+    chosen_truncated, rejected_truncated. Log-probs drawn per target (exponential, mean 1.4 nats)."""
+    logps = {side: [[-rng.expovariate(0.7) for _ in range(len(p["prompt_ids"]) + len(p[f"{side}_ids"]))]
+                    for p in pairs] for side in ("chosen", "rejected")}
+    expected = {}
+    for preset in PRESETS:
+        rows = {"chosen_mask": [], "nll_mask": [], "rejected_mask": []}
+        for i, p in enumerate(pairs):
+            for side in ("chosen", "rejected"):
+                seq = p["prompt_ids"] + p[f"{side}_ids"]
+                resp, nll = token_masks(seq, len(p["prompt_ids"]), p[f"{side}_truncated"], preset, side)
+                rows[f"{side}_mask"].append([int(m) for m in resp])
+                if nll is not None:
+                    if PRESETS[preset]["drop_pad_id"]:
+                        nll = [m and (k == len(seq) - 1 or seq[k + 1] != ids["pad_id"]) for k, m in enumerate(nll)]
+                    rows["nll_mask"].append([int(m) for m in nll])
+        inp = {"chosen_token_logps": logps["chosen"], "rejected_token_logps": logps["rejected"], **rows}
+        loss, metrics, a, b, _ = forward(inp, lam, PRESETS[preset]["nll_normalization"])
+        expected[preset] = {"loss": loss, "metrics": metrics, "chosen_logps": a, "rejected_logps": b, "masks": rows}
+    return {"name": name, "note": note, "lambda": lam, **ids, "pairs": pairs,
+            "chosen_token_logps": logps["chosen"], "rejected_token_logps": logps["rejected"], "expected": expected}
+
+
+def token_cases():
+    rng = random.Random(4321)
+    V, BOS, EOS = 12, 1, 2
+
+    def pair(prompt, chosen, rejected, ct=False, rt=False):
+        return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "chosen_truncated": ct,
+                "rejected_truncated": rt}
+
+    ids_eos = dict(vocab_size=V, bos_id=BOS, eos_id=EOS, pad_id=EOS, max_length=16)
+    ids_pad = dict(vocab_size=V, bos_id=BOS, eos_id=EOS, pad_id=0, max_length=16)
+    return [
+        token_case("pad_is_eos", "pad = eos (the official setup): official's NLL drops every EOS target, and its "
+                   "log P(y|x) also scores the pad (= EOS) after each response", 0.1, ids_eos,
+                   [pair([BOS, 5, 6], [7, 8, EOS], [9, EOS]), pair([BOS, 3], [4, EOS, 10, EOS], [11, 7, 7, EOS])], rng),
+        token_case("pad_not_eos", "pad id 0 != eos: the official filter drops nothing; its extra target is id 0",
+                   0.1, ids_pad, [pair([BOS, 5, 6], [7, 8, EOS], [9, EOS]), pair([BOS, 3], [4, 10, EOS], [6, EOS])],
+                   rng),
+        token_case("double_bos", "a prompt starting with two BOS (a template and the tokenizer each added one): "
+                   "prompt+response NLL scores the second BOS; response-only NLL does not", 0.5, ids_eos,
+                   [pair([BOS, BOS, 5], [6, EOS], [7, 8, EOS]), pair([BOS, 4, 4, 4], [9, 9, EOS], [3, EOS])], rng),
+        token_case("truncated", "the rejected row of pair 1 was cut at max_length = 8 (no EOS, no extra target)",
+                   1.0, {**ids_eos, "max_length": 8},
+                   [pair([BOS, 5, 6], [7, EOS], [8, 9, EOS]), pair([BOS, 3, 4], [5, 6, EOS], [7, 8, 9, 10, 11],
+                                                                   rt=True)], rng),
+    ]
+
+
 def generate():
     return {preset: {"preset": preset, "conventions": PRESETS[preset], "generator": "tests/golden/make_golden.py",
                      "spec": "tests/golden/SPEC.md", "cases": cases_for(preset)} for preset in PRESETS}
@@ -228,10 +298,12 @@ def dumps(content) -> str:
 
 
 def main(argv):
-    data = generate()
+    data = {f"orpo_{preset}.json": content for preset, content in generate().items()}
+    data["orpo_tokens.json"] = {"generator": "tests/golden/make_golden.py", "spec": "tests/golden/SPEC.md",
+                                "presets": PRESETS, "cases": token_cases()}
     stale = []
-    for preset, content in data.items():
-        path = HERE / f"orpo_{preset}.json"
+    for name, content in data.items():
+        path = HERE / name
         text = dumps(content)
         if "--check" in argv:
             if not path.exists() or path.read_text() != text:
