@@ -5,7 +5,42 @@ metrics per step (thin line) with a moving average (thick), and held-out evaluat
 """
 
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
+
+
+def in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only), except in a notebook kernel, which shows figures inline."""
+    import matplotlib
+    if not in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def tutorial_folder(name: str) -> Path:
+    """Where tutorial `name` writes its figures and files: $MINORPO_TUTORIAL_OUT/<name> when that is set, else a new
+    temporary folder (never the checkout)."""
+    root = os.environ.get("MINORPO_TUTORIAL_OUT")
+    folder = Path(root) / name if root else Path(tempfile.mkdtemp(prefix=f"minorpo-{name}-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_figure(fig, folder, filename: str) -> Path:
+    """Save a tutorial's figure as PNG and print its path; closed unless a notebook shows it inline."""
+    path = Path(folder) / filename
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    if not in_notebook():
+        pyplot().close(fig)
+    print(f"figure: {path}")
+    return path
 
 
 def read_metrics(run_dir) -> list:
@@ -58,10 +93,7 @@ def _points(ax, rows, key, label, color):
 
 
 def plot_run(run_dir, smooth: int = 0) -> list:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     train_rows = [r for r in rows if "loss" in r]
@@ -104,10 +136,10 @@ def plot_run(run_dir, smooth: int = 0) -> list:
     if x:
         ax2 = ax.twinx()
         ax2.plot(x, acc, "s:", color="tab:orange", label="preference accuracy (held-out)")
-        ax2.set_ylabel("preference accuracy (log OR > 0)"), ax2.set_ylim(0, 1)
-        ax2.legend(fontsize=8, loc="lower right")
+        ax2.set_ylabel("preference accuracy (log OR > 0)"), ax2.set_ylim(0, 1.05)
+        ax2.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1, 0.14))
     ax.set(xlabel="optimizer step", ylabel="log OR(y_w, y_l) (nats, Eq. 5)", title=f"Log odds ratio\n{title}")
-    ax.grid(alpha=0.3), ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3), ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout(), fig.savefig(out / "log_odds.png", dpi=120), plt.close(fig)
     written.append(out / "log_odds.png")
     return written

@@ -32,10 +32,16 @@ def test_tutorials_exist():
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
-def test_tutorial_runs(path):
-    proc = run_tutorial(path)
+def test_tutorial_runs(path, tmp_path):
+    proc = run_tutorial(path, {"MINORPO_TUTORIAL_OUT": str(tmp_path)})
     assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "all checks passed" in proc.stdout  # each tutorial prints this as its last line
+    # each draws at least one figure, as a PNG in its output folder (minorpo.plot.tutorial_folder), not the checkout
+    figures = [Path(line[len("figure: "):]) for line in proc.stdout.splitlines() if line.startswith("figure: ")]
+    assert figures, f"{path.name} drew no figure"
+    for fig in figures:
+        assert fig.parent == tmp_path / path.stem, fig
+        assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000, fig
 
 
 @pytest.mark.real_model

@@ -14,8 +14,11 @@ import math
 import torch
 
 from minorpo import loss as L
+from minorpo.plot import pyplot, save_figure, tutorial_folder
 
 torch.set_printoptions(precision=4)
+plt = pyplot()
+out = tutorial_folder("01_odds_ratio")  # figures go here: $MINORPO_TUTORIAL_OUT/01_odds_ratio, or a temp folder
 
 # %% [markdown]
 # ## 1. The probability of a response (Eq. 3)
@@ -113,6 +116,45 @@ print(f"std of log OR = {log_or.std():.3f} (exact {math.pi * math.sqrt(2 / 3):.3
 assert abs(log_or.std() / (math.pi * math.sqrt(2 / 3)) - 1) < 0.05  # std error ~1% (logistic-difference kurtosis)
 
 # %% [markdown]
+# The picture of Fig. 6: histograms of the 20,000 simulated values, and the exact densities drawn over them. The
+# log OR is the difference of two Logistic(0, 1) variables, whose density is
+# f(z) = e^-z ((z - 2) + (z + 2) e^-z) / (1 - e^-z)^3 for z > 0 (symmetric; f(0) = 1/6). We check it integrates
+# to 1 with variance 2 pi^2 / 3 before drawing it.
+
+# %%
+def logistic_difference_density(z):
+    z = z.abs().clamp(min=1e-3)  # symmetric; the formula cancels at 0 (its limit, 1/6, is within 1e-7 at 1e-3)
+    e = torch.exp(-z)
+    return e * ((z - 2) + (z + 2) * e) / (1 - e) ** 3
+
+
+grid = torch.linspace(-40, 40, 160_001, dtype=torch.float64)
+dens = logistic_difference_density(grid)
+step = (grid[1] - grid[0]).item()
+assert abs(dens.sum().item() * step - 1) < 1e-4  # Riemann sum of a smooth density: error << 1e-4
+assert abs((dens * grid**2).sum().item() * step / (2 * math.pi**2 / 3) - 1) < 1e-4
+
+fig, ax = plt.subplots(figsize=(7.5, 4.2))
+zs = torch.linspace(-8, 8, 801, dtype=torch.float64)
+bins = torch.linspace(-8, 8, 81).tolist()
+for beta, color in ((0.2, "tab:orange"), (1.0, "tab:green")):
+    samples = beta * (x1.log() - x2.log())
+    ax.hist(samples.tolist(), bins=bins, density=True, alpha=0.35, color=color)
+    ax.plot(zs, torch.exp(-zs.abs() / beta) / (2 * beta), color=color, lw=2,
+            label=f"probability ratio, β·log PR, β = {beta} (Laplace, std {beta * math.sqrt(2):.2f})")
+ax.hist(log_or.tolist(), bins=bins, density=True, alpha=0.35, color="tab:blue")
+ax.plot(zs, logistic_difference_density(zs), color="tab:blue", lw=2,
+        label=f"odds ratio, log OR (logistic difference, std {math.pi * math.sqrt(2 / 3):.2f})")
+ax.set(xlabel="log ratio of the chosen to the rejected response (nats)", ylabel="density",
+       title="Fig. 6: spread of the preference signal when P(y_w|x), P(y_l|x) ~ Uniform(0, 1)\n"
+             "histograms: 20,000 draws; lines: exact densities", xlim=(-8, 8), ylim=(0, 1.0))
+ax.annotate("β = 0.2 peaks at 2.5", (0.0, 0.97), xytext=(1.2, 0.62), fontsize=8, color="tab:orange",
+            arrowprops={"arrowstyle": "->", "color": "tab:orange"})
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8, loc="upper right")
+save_figure(fig, out, "fig6_odds_vs_probability_ratio.png")
+
+# %% [markdown]
 # The probability ratio is **sharper**: most of its mass sits near 0. For a loss -log sigmoid(z) to become
 # small, say 0.1, z must reach log(1/(e^0.1 - 1)) = 2.252. How far must the rejected response be pushed down
 # for that, when the chosen one has P(y_w|x) = e^-1 (a mean token log-prob of -1, typical of a fine-tuned
@@ -137,6 +179,31 @@ print(f"OR: rejected mean log-prob must reach {lo:.2f}")
 # by hand: odds(y_w) = e^-1 / (1 - e^-1) = 0.5820; odds(y_l) <= 0.5820 / e^2.252 = 0.0612, P <= 0.0577, log = -2.853
 assert abs(lo - (-2.853)) < 1e-3
 assert a0 - z / 0.2 < -12  # beta = 0.2: -12.26, a per-token probability of 5e-6
+
+# %% [markdown]
+# The same as a picture: each loss as the rejected response's mean log-prob falls, the chosen one held at -1.
+
+# %%
+b_grid = torch.linspace(-14, -1.0, 400, dtype=torch.float64)
+a_grid = torch.full_like(b_grid, a0)
+fig, ax = plt.subplots(figsize=(7.5, 4.2))
+ax.plot(b_grid, L.odds_ratio_loss(a_grid, b_grid), color="tab:blue", lw=2, label="odds ratio: L_OR")
+for beta, color in ((1.0, "tab:green"), (0.2, "tab:orange")):
+    ax.plot(b_grid, L.probability_ratio_loss(a_grid, b_grid, beta), color=color, lw=2,
+            label=f"probability ratio: -log σ(β (a - b)), β = {beta}")
+ax.axhline(0.1, color="gray", ls="--", lw=1)
+for b_reached, color, dx in ((lo, "tab:blue", -16), (a0 - z / 1.0, "tab:green", 16), (a0 - z / 0.2, "tab:orange", 0)):
+    ax.plot([b_reached], [0.1], "o", color=color, ms=7)
+    ax.annotate(f"{b_reached:.2f}", (b_reached, 0.1), textcoords="offset points", xytext=(dx, 8), ha="center",
+                fontsize=8, color=color)
+ax.set(xlabel="log P(y_l|x): mean token log-prob of the rejected response (nats)", ylabel="loss (nats)",
+       title="How far must the rejected response fall for the loss to reach 0.1?\n"
+             "chosen response held at log P(y_w|x) = -1 (dots: where each loss crosses 0.1)",
+       xlim=(-14, -1), ylim=(0, 0.8))
+ax.invert_xaxis()  # the rejected response falls to the right
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8, loc="upper left")
+save_figure(fig, out, "loss_vs_rejected_logprob.png")
 # %% [markdown]
 # With beta = 0.2 the probability-ratio loss keeps pushing until the rejected tokens average a log-prob of
 # about -12; the odds ratio is satisfied at about -2.9. Combined with the SFT term, that is the

@@ -25,8 +25,11 @@ from minorpo.config import ModelConfig
 from minorpo.data import TokenizedPair
 from minorpo.logprobs import IGNORE_INDEX, shift_labels
 from minorpo.model import build_model
+from minorpo.plot import pyplot, save_figure, tutorial_folder
 
 torch.manual_seed(0)
+plt = pyplot()
+out = tutorial_folder("02_orpo_loss_from_scratch")  # figures: $MINORPO_TUTORIAL_OUT/..., or a temp folder
 
 # %% [markdown]
 # ## 1. A batch of two preference pairs, and a model's logits
@@ -191,4 +194,65 @@ for z, d in zip(grid.tolist(), torch.sigmoid(-grid).tolist()):
     print(f"log OR = {z:+.0f}: delta = {d:.3f}")
 assert torch.all(torch.diff(torch.sigmoid(-grid)) < 0)  # delta falls as log OR rises
 assert abs(1 / (1 - math.exp(-2)) - 1.1565) < 1e-4  # 4 decimals of hand arithmetic
+
+# %% [markdown]
+# ## 9. L_OR and delta over the whole plane
+#
+# Every pair is a point (a, b) = (log P(y_w|x), log P(y_l|x)). L_OR is small below the diagonal a = b (the chosen
+# response is more likely) and grows above it; delta, the pair's weight in the gradient, is its mirror image: ~1
+# where the model is wrong, ~0 once the pair is separated. The two batches' pairs from section 1 are marked.
+
+# %%
+g = torch.linspace(-6, -0.02, 300, dtype=torch.float64)
+A, Bg = torch.meshgrid(g, g, indexing="xy")  # A varies along x (columns), Bg along y (rows)
+l_or_grid = L.odds_ratio_loss(A.flatten(), Bg.flatten()).view(A.shape)
+delta_grid = L.orpo_gradient(A.flatten(), Bg.flatten())[0].view(A.shape)
+assert torch.allclose(delta_grid, torch.sigmoid(-L.log_odds_ratio(A.flatten(), Bg.flatten())).view(A.shape))
+fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.8), sharey=True)
+for ax, grid_values, name, cmap in ((axes[0], l_or_grid, "L_OR = -log σ(log OR)  (nats)", "viridis"),
+                                    (axes[1], delta_grid, "δ = σ(-log OR)  (weight, 0 to 1)", "magma")):
+    mesh = ax.pcolormesh(A, Bg, grid_values, cmap=cmap, shading="auto",
+                         vmax=min(float(grid_values.max()), 6.0))
+    ax.contour(A, Bg, grid_values, levels=[0.1, 0.5, 1, 2, 4] if cmap == "viridis" else [0.1, 0.5, 0.9],
+               colors="white", linewidths=0.7)
+    ax.plot([-6, 0], [-6, 0], color="white", ls="--", lw=1)
+    ax.plot(a.tolist(), b.tolist(), "o", color="tab:red", ms=6, label="section 1's pairs")
+    ax.set(xlabel="a = log P(y_w|x) (nats)", title=name)
+    fig.colorbar(mesh, ax=ax, fraction=0.046)
+axes[0].set_ylabel("b = log P(y_l|x) (nats)")
+axes[0].legend(fontsize=8, loc="lower left")
+fig.suptitle("The odds-ratio loss and its gradient weight over (log P_w, log P_l); dashed: a = b", fontsize=11)
+fig.tight_layout()
+save_figure(fig, out, "l_or_and_delta_surface.png")
+assert l_or_grid[0, -1] < 0.01 and l_or_grid[-1, 0] > 5  # a = -0.02, b = -6: separated; the reverse: far from it
+
+# %% [markdown]
+# ## 10. The four terms of the gradient
+#
+# Along a line b = -2, as the chosen response becomes certain (a -> 0): delta falls (the pair is separated), while
+# 1/(1 - P(y_w|x)) rises without bound. Their product |dL_OR/da| does not vanish: the two cancel, and it tends to
+# odds(y_l|x) = e^-2 / (1 - e^-2) = 0.157 (loss.py's module docstring, the a = 0 case). The rejected response's
+# term 1/(1 - P(y_l|x)) stays 1.16 (b is fixed), so |dL_OR/db| follows delta down to 0.
+
+# %%
+a_line = torch.linspace(-6, -0.01, 400, dtype=torch.float64)
+b_line = torch.full_like(a_line, -2.0)
+d_line, hw_line, hl_line = L.orpo_gradient(a_line, b_line)
+fig, ax = plt.subplots(figsize=(7.5, 4.2))
+ax.plot(a_line, d_line, lw=2, label="δ = σ(-log OR)  (Eq. 9)")
+ax.plot(a_line, hw_line, lw=2, label="1 / (1 - P(y_w|x))  (Eq. 10, chosen)")
+ax.plot(a_line, -hl_line, lw=2, ls=":", label="1 / (1 - P(y_l|x))  (Eq. 10, rejected)")
+ax.plot(a_line, d_line * hw_line, lw=2.5, color="black", label="|dL_OR/da| = δ / (1 - P(y_w|x))")
+ax.plot(a_line, -d_line * hl_line, lw=2, ls="--", color="gray", label="|dL_OR/db| = δ / (1 - P(y_l|x))")
+ax.axvline(-2.0, color="gray", lw=0.8)
+ax.text(-2.05, 2e-3, "a = b", ha="right", fontsize=8, color="gray")
+ax.set_yscale("log")
+ax.set(xlabel="a = log P(y_w|x) (nats), with b = log P(y_l|x) = -2", ylabel="value (log scale)",
+       title="The terms of the gradient of L_OR (Eq. 8-10) as the chosen response becomes certain")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8, loc="upper center")
+save_figure(fig, out, "gradient_terms.png")
+assert torch.allclose(d_line * hw_line, -L.odds_ratio_loss_grad(a_line, b_line)[0])  # the product is dL/da
+odds_l = math.exp(-2) / (1 - math.exp(-2))
+assert abs((d_line * hw_line)[-1].item() / odds_l - 1) < 0.02  # a = -0.01: within 1% of its limit (error ~ |a|)
 print("tutorial 2: all checks passed")

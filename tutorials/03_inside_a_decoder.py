@@ -110,6 +110,51 @@ def forward_by_hand(ids):  # ids: (T,) -> logits (T, V)
 
 
 # %% [markdown]
+# ### What each token may attend to
+#
+# `causal` above lets token t read tokens 0..t. A preference batch adds padding and, in minorpo's shared-prompt
+# layout (collate.py), a block structure: one row holds prompt, chosen and rejected response, and the rejected
+# response must not see the chosen one. Below are the masks the model actually receives (model.prepare_attention
+# for padded rows, collate_shared_prompt's block mask) for a pair with a 3-token prompt, a 3-token chosen and a
+# 2-token rejected response. Exercise 7 asks you to build the shared one.
+
+# %%
+from minorpo.collate import collate_padded, collate_shared_prompt
+from minorpo.data import TokenizedPair
+from minorpo.model import prepare_attention
+from minorpo.plot import pyplot, save_figure, tutorial_folder
+
+plt = pyplot()
+pair = TokenizedPair([1, 2, 3], [4, 5, 6], [7, 8])
+padded, shared = collate_padded([pair], 0), collate_shared_prompt([pair], 0)
+masks = {}
+for side in ("chosen", "rejected"):
+    ids, att = padded[f"{side}_input_ids"], padded[f"{side}_attention_mask"]
+    masks[side] = prepare_attention(ids, att, None, None)[1][None][0, 0]  # (T, T) bool, what SDPA gets
+masks["shared"] = shared["attention_mask"][0]
+assert not masks["shared"][6:8, 3:6].any()  # rejected queries never see chosen keys
+labels = {"chosen": ["p0", "p1", "p2", "c0", "c1", "c2"], "rejected": ["p0", "p1", "p2", "r0", "r1", "pad"],
+          "shared": ["p0", "p1", "p2", "c0", "c1", "c2", "r0", "r1"]}
+titles = {"chosen": "padded: chosen row", "rejected": "padded: rejected row", "shared": "shared prompt: one row"}
+fig, axes = plt.subplots(1, 3, figsize=(7.8, 3.2), gridspec_kw={"width_ratios": [6, 6, 8]})
+for ax, side in zip(axes, ("chosen", "rejected", "shared")):
+    ax.imshow(masks[side].numpy(), cmap="Greys_r", vmin=0, vmax=1)
+    ticks = range(len(labels[side]))
+    ax.set_xticks(ticks, labels[side], fontsize=7)
+    ax.set_yticks(ticks, labels[side], fontsize=7)
+    ax.set_xticks([i - 0.5 for i in ticks], minor=True)
+    ax.set_yticks([i - 0.5 for i in ticks], minor=True)
+    ax.grid(which="minor", color="tab:gray", lw=0.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_title(titles[side], fontsize=10)
+    ax.set_xlabel("key (token attended to)", fontsize=9)
+axes[0].set_ylabel("query (token attending)", fontsize=9)
+fig.suptitle("Attention masks of one preference pair (white = may attend)", fontsize=11)
+fig.tight_layout()
+save_figure(fig, tutorial_folder("03_inside_a_decoder"), "attention_masks.png")
+
+
+# %% [markdown]
 # ## 3. minorpo's model, loaded from the same folder, must agree
 #
 # The loader checks every tensor name and shape (a missing or unexpected tensor is an error naming it). We load

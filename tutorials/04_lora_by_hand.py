@@ -21,8 +21,11 @@ from minorpo.config import ModelConfig
 from minorpo.lora import (LoRALinear, apply_lora, load_peft_adapter, lora_disabled, lora_layers, merged_state_dict,
                           save_peft_adapter)
 from minorpo.model import build_model
+from minorpo.plot import pyplot, save_figure, tutorial_folder
 
 torch.manual_seed(0)
+plt = pyplot()
+out = tutorial_folder("04_lora_by_hand")  # figures: $MINORPO_TUTORIAL_OUT/04_lora_by_hand, or a temp folder
 torch.set_num_threads(1)  # tiny tensors: threads would only add overhead
 
 # %% [markdown]
@@ -62,10 +65,11 @@ Y = X @ (W0 + delta_true).T + b0
 with torch.no_grad():
     layer.lora_B.weight.zero_()  # start again from the base model
 opt = torch.optim.Adam([layer.lora_A.weight, layer.lora_B.weight], lr=0.05)
-first = None
+first, losses = None, []
 for step in range(300):
     loss = ((layer(X) - Y) ** 2).mean()
     first = first if first is not None else loss.item()
+    losses.append(loss.item())
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -74,6 +78,33 @@ assert loss.item() < 1e-3 * first  # a rank-2 update can fit a rank-2 change
 assert torch.equal(layer.weight, W0)  # the frozen weight is untouched
 print("learned update vs true: max |(alpha/r) B A - delta| =", (layer.delta_weight() - delta_true).abs().max().item())
 assert torch.allclose(layer.delta_weight(), delta_true, atol=1e-2)  # the residual MSE bounds the error (~1e-3 here)
+
+# %% [markdown]
+# What was learned, as a picture: the training curve, the true rank-2 change of the weight, LoRA's update
+# (alpha/r) B A, and the singular values of both: two nonzero ones, the rest at rounding level (a rank-2 update).
+
+# %%
+fig, axes = plt.subplots(2, 2, figsize=(7.5, 6.2), layout="constrained")
+axes[0, 0].semilogy(losses, color="black")
+axes[0, 0].set(xlabel="Adam step", ylabel="mean squared error (log scale)", title="fitting a rank-2 change, r = 2")
+axes[0, 0].grid(alpha=0.3, which="both")
+scale = delta_true.abs().max().item()
+learned = layer.delta_weight().detach()
+for ax, matrix, title in ((axes[0, 1], delta_true, "true change ΔW (6 x 8)"),
+                          (axes[1, 0], learned, "learned update (α/r) B A")):
+    image = ax.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
+    ax.set(title=title, xlabel="input feature (column of W)", ylabel="output feature (row of W)")
+    fig.colorbar(image, ax=ax, fraction=0.05, label="weight change")
+sv_true, sv_learned = torch.linalg.svdvals(delta_true.double()), torch.linalg.svdvals(learned.double())
+k = torch.arange(1, len(sv_true) + 1)
+axes[1, 1].bar(k - 0.2, sv_true, width=0.4, label="true ΔW")
+axes[1, 1].bar(k + 0.2, sv_learned, width=0.4, label="(α/r) B A")
+axes[1, 1].set_yscale("log")
+axes[1, 1].set(xlabel="singular value index", ylabel="singular value (log scale)", title="both have rank 2")
+axes[1, 1].legend(fontsize=8)
+assert (sv_learned[2:] < 1e-5 * sv_learned[0]).all()  # rank 2: float32 rounding only beyond the second
+fig.suptitle("LoRA learns W0 + (α/r) B A while W0 stays frozen", fontsize=11)
+save_figure(fig, out, "lora_update.png")
 
 # %% [markdown]
 # ## 3. Merge, unmerge, disable

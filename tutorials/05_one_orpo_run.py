@@ -12,6 +12,7 @@
 # %%
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from minorpo.config import ModelConfig
 from minorpo.generate import generate
 from minorpo.loader import load, save
 from minorpo.model import build_model
-from minorpo.plot import plot_run
+from minorpo.plot import in_notebook, plot_run, tutorial_folder
 from minorpo.tokenizer import Tokenizer
 
 torch.manual_seed(0)
@@ -137,9 +138,13 @@ assert last["eval_rewards/accuracies"] >= 0.75
 # held-out preference accuracy.
 
 # %%
+out = tutorial_folder("05_one_orpo_run")  # $MINORPO_TUTORIAL_OUT/05_one_orpo_run, or a temp folder
 for path in plot_run(run):
-    print("plot:", path)
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+    print(f"figure: {shutil.copy(path, out / path.name)}")
+    if in_notebook():  # minorpo plot writes files; show them inline too
+        from IPython.display import Image, display
+        display(Image(filename=str(path), width=640))
 
 # %% [markdown]
 # ## 5. The trained model

@@ -103,6 +103,35 @@ assert copied["paper"]["hand"]  # B = 1: pooling is harmless there, and float32 
 print("failures of the copied loss:", sorted(k for k, ok in copied["paper"].items() if not ok))
 
 # %% [markdown]
+# The same verdicts as a picture: each implementation's relative error on each golden case of the paper preset,
+# on a log scale, against the two tolerances. An exact match (error 0) is drawn at 1e-17, float64's floor.
+
+# %%
+from minorpo.plot import pyplot, save_figure, tutorial_folder
+
+plt = pyplot()
+cases = golden["paper"]["cases"]
+fig, ax = plt.subplots(figsize=(7.5, 3.8))
+for k, (impl, name, color) in enumerate(((careful_orpo, "careful_orpo (float64)", "tab:blue"),
+                                         (copied_manual_orpo, "copied_manual_orpo (float32)", "tab:red"))):
+    rel = []
+    for case in cases:
+        got = impl(case["inputs"], case["lambda"], case["nll_normalization"])
+        want = case["outputs"]["loss"]
+        rel.append(max(abs(got - want) / abs(want), 1e-17) if np.isfinite(got) else 1e3)
+    ax.bar(np.arange(len(cases)) + (k - 0.5) * 0.4, rel, width=0.4, color=color, label=name)
+ax.axhline(1e-12, color="tab:blue", ls="--", lw=1, label="tolerance for the float64 one, 1e-12")
+ax.axhline(1e-5, color="tab:red", ls="--", lw=1, label="tolerance for the float32 one, 1e-5")
+ax.set_yscale("log")
+ax.set_xticks(range(len(cases)), [c["name"] for c in cases], rotation=20, fontsize=8)
+ax.set(ylabel="relative error of the loss", ylim=(1e-18, 1e2),
+       title="Golden vectors (paper preset): which cases each implementation gets right\n"
+             "bars above their dashed tolerance are failures")
+ax.legend(fontsize=7, loc="upper left", ncol=2)
+ax.grid(alpha=0.3, axis="y")
+save_figure(fig, tutorial_folder("06_checking_another_implementation"), "golden_vector_errors.png")
+
+# %% [markdown]
 # 'near_certain' passed only by luck: there the chosen response is certain (e^a rounds to 1 in float32, its odds
 # are +inf) and L_OR's true value is ~0 anyway. Make *both* responses near-certain and the naive odds give
 # inf - inf = NaN, while the careful log1mexp stays finite:
