@@ -169,7 +169,8 @@ def _strategy(st, near_zero=False, long=False):
         R = 40 if long else 6
         prompt = [draw(st.lists(logp(False), min_size=0, max_size=4)) for _ in range(B)]
         chosen = [draw(st.lists(logp(near_zero), min_size=1, max_size=R)) for _ in range(B)]
-        rejected = [draw(st.lists(logp(False), min_size=1, max_size=R)) for _ in range(B)]
+        rejected = [draw(st.lists(st.one_of(logp(False), logp(True)) if near_zero else logp(False), min_size=1,
+                                  max_size=R)) for _ in range(B)]
         return Case(prompt, chosen, rejected)
     return cases()
 
@@ -271,8 +272,8 @@ def check_orpo_loss(fn, convention="paper", kind="token_logps", lam=0.1, max_exa
     props = {
         "finite": (finite, _strategy(st, near_zero=False, long=True), "the loss or its gradient is NaN or inf"),
         "near_zero": (lambda c: finite(c) and close(_call(fn, kind, c, lam)[0], reference(c, lam, **coords)),
-                      _strategy(st, near_zero=True), "near-certain chosen response (a -> 0): not the convention's "
-                                                     "loss, or not finite (precision lost in log(1 - e^a)?)"),
+                      _strategy(st, near_zero=True), "near-certain responses (a -> 0, b -> 0 too): not the "
+                                                     "convention's loss, or not finite (precision lost in log(1 - e^a)?)"),
         "value": (lambda c: close(_call(fn, kind, c, lam)[0], reference(c, lam, **coords)), _strategy(st),
                   f"not the loss of {coords}"),
         "padding": (lambda c: close(_call(fn, kind, c, lam, extra_pad=3)[0], _call(fn, kind, c, lam)[0], 1e-6),
@@ -281,16 +282,28 @@ def check_orpo_loss(fn, convention="paper", kind="token_logps", lam=0.1, max_exa
     }
     settings = hypothesis.settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
                                    suppress_health_check=list(hypothesis.HealthCheck))
-    for name, (holds, strategy, what) in props.items():
-        try:
-            example = hypothesis.find(strategy, lambda c, holds=holds: not holds(c), settings=settings)
-        except hypothesis.errors.NoSuchExample:
-            continue
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors of a few dozen numbers: waking more threads costs more than it saves
+    try:
+        found = {}
+        for name, (holds, strategy, _) in props.items():
+            try:
+                found[name] = hypothesis.find(strategy, lambda c, holds=holds: not holds(c), settings=settings)
+            except hypothesis.errors.NoSuchExample:
+                pass
+    finally:
+        torch.set_num_threads(threads)
+    for name, example in found.items():
+        what = props[name][2]
         if name == "value" and any(c["pairing"] == "per_batch" for c, _ in report.conventions):
             what += ": one odds ratio per batch instead of one per pair"
         elif name == "value" and report.conventions:
             what += "; it implements " + ", ".join(f"{k}={v}" for k, v in report.conventions[0][0].items()
                                                    if coords.get(k) != v)
+        loss, grads = _call(fn, kind, example, lam)
+        finite_grad = grads is None or all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+        what += (f" [there: loss {loss:.10g}, expected {reference(example, lam, **coords):.10g}"
+                 f"{'' if finite_grad else ', gradient NOT finite'}]")
         report.failures.append((name, what, example))
     return report
 

@@ -221,4 +221,37 @@ copied_loss = copied_manual_orpo(inp, LAM, "token_mean")
 lines, status = judge(Predictor(scores), {"loss": copied_loss, "nll_loss": reported["nll_loss"]}, rtol=1e-5, lam=LAM)
 print("\n".join(lines[-4:]))
 assert status == 1 and "MATCH" not in next(line for line in lines if line.startswith("verdict:"))
+
+# %% [markdown]
+# ## 4. Bring your own loss: `minorpo.testing`
+#
+# When you can call the other loss function yourself, `minorpo.testing.check_orpo_loss(fn, convention=...)`
+# drives it with hypothesis-generated batches (uneven lengths, long responses, near-certain responses, ...),
+# names the convention it implements, and lists every property it breaks with a minimal failing example.
+# `assert_orpo_conforms` is the same as a pytest assertion. Our two NumPy losses, wrapped to take torch tensors
+# (token log-probs [B, T] and bool masks; no gradient, so the gradient checks are skipped):
+
+# %%
+from minorpo.testing import assert_orpo_conforms, check_orpo_loss  # noqa: E402
+
+
+def as_torch_loss(impl):
+    def fn(c, cm, nm, r, rm, lam):
+        inp = {"chosen_token_logps": c.detach().double().numpy(), "chosen_mask": cm.numpy(), "nll_mask": nm.numpy(),
+               "rejected_token_logps": r.detach().double().numpy(), "rejected_mask": rm.numpy()}
+        return torch.tensor(float(impl(inp, lam, "token_mean")))
+    return fn
+
+
+print(assert_orpo_conforms(as_torch_loss(careful_orpo), convention="trl", max_examples=15))
+report = check_orpo_loss(as_torch_loss(copied_manual_orpo), convention="trl", max_examples=15)
+print(report)
+assert "one odds ratio per batch" in str(report)  # the pooled odds ratio, named, with a two-pair example
+assert "near_zero" in {name for name, _, _ in report.failures}  # and exp(a) / (1 - exp(a)) near a = 0
+
+# %% [markdown]
+# The golden vectors of section 2 come with masks already built. `tests/golden/orpo_tokens.json` holds token-level
+# cases (pad = eos, the official extra target, a double BOS, a truncated row) and
+# `minorpo.testing.golden_to_batch(case)` turns one into logits + labels for a padded batch, so that a real
+# implementation's own masking code is what gets checked (tests/golden/SPEC.md).
 print("tutorial 6: all checks passed")
