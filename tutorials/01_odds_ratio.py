@@ -209,4 +209,6 @@ save_figure(fig, out, "loss_vs_rejected_logprob.png")
 # about -12; the odds ratio is satisfied at about -2.9. Combined with the SFT term, that is the
 # over-suppression of Appendix B (log-probs falling below -4): `reproduce/odds_vs_probability_ratio.py`
 # measures it in training. Next: tutorial 2 builds the whole ORPO loss and its gradient.
+
+# %%
 print("tutorial 1: all checks passed")

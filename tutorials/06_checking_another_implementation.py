@@ -29,7 +29,8 @@ from minorpo.conventions import Predictor, score_batch
 from minorpo.data import TokenizedPair
 from minorpo.model import build_model
 
-GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in tutorials/
+GOLDEN = HERE.parent / "tests" / "golden"
 golden = {p: json.loads((GOLDEN / f"orpo_{p}.json").read_text()) for p in ("paper", "trl")}
 print("golden cases:", [c["name"] for c in golden["paper"]["cases"]])
 
@@ -254,4 +255,6 @@ assert "near_zero" in {name for name, _, _ in report.failures}  # and exp(a) / (
 # cases (pad = eos, the official extra target, a double BOS, a truncated row) and
 # `minorpo.testing.golden_to_batch(case)` turns one into logits + labels for a padded batch, so that a real
 # implementation's own masking code is what gets checked (tests/golden/SPEC.md).
+
+# %%
 print("tutorial 6: all checks passed")
