@@ -80,8 +80,8 @@ WRONG = {
     "ex09_no_softmax_term": {"random sizes: gradients": "gradient w.r.t."},
     "ex09_plain_autograd": {"a custom autograd Function": "no custom torch.autograd.Function"},
     "ex09_drops_last_chunk": {"random sizes and chunk sizes": "chunked_token_logps differs"},
-    "ex10_mean_of_means": {"hand case, token_mean": "shares differs", "random splits": "differs"},
-    "ex10_no_division": {"hand case, sequence_mean": "shares differs"},
+    "ex10_mean_of_means": {"hand case, token_mean": "share per micro-batch differs", "random splits": "differs"},
+    "ex10_no_division": {"hand case, sequence_mean": "share per micro-batch differs"},
 }
 
 
@@ -102,6 +102,12 @@ def test_each_exercise_has_two_wrong_solutions():
     assert min(counts.values()) >= 2, counts
 
 
+def test_importing_minorpo_is_noted():
+    notes = [e for e in grade(4, SOLUTIONS / "ex04_reference.py", only=lambda t: False) if "note" in e]
+    assert len(notes) == 1 and "imports minorpo" in notes[0]["note"]
+    assert not [e for e in grade(4, SOLUTIONS / "ex04_student.py", only=lambda t: False) if "note" in e]
+
+
 def test_smallest_failing_input_is_reported():
     """hypothesis shrinks: the naive log1mexp fails the random check on a single value, reported with its dtype."""
     [r] = results(1, SOLUTIONS / "ex01_naive.py", only=lambda t: t.startswith("random x")).values()
@@ -117,6 +123,7 @@ def test_broken_files_are_reported():
     assert all("raised RuntimeError" in r["message"] and "(your file, line 2)" in r["message"] for r in got.values())
     [r] = results(1, SOLUTIONS / "broken_dtype.py", only=lambda t: t.startswith("near 0")).values()
     assert "returned dtype torch.float64, expected torch.float32" in r["message"]
+    assert "Returns:" in r["hint"]  # a wrong type, shape or dtype points at the stub's Returns line
 
 
 def minorpo(*args, cwd=None):
@@ -132,10 +139,11 @@ def test_cli_check_exit_status_and_json():
     assert ok.returncode == 0, ok.stderr
     line = json.loads(ok.stdout)
     assert line == {"exercise": 4, "slug": "gradient", "file": str(SOLUTIONS / "ex04_reference.py"), "score": 1.0,
-                    "passed": 3, "total": 3, "failed": []}
+                    "passed": 3, "total": 3, "failed": [], "imports_minorpo": True}  # the reference wraps minorpo
     bad = minorpo("exercises", "check", "4", str(SOLUTIONS / "ex04_no_one_minus_p.py"))
     assert bad.returncode == 1
     assert "FAIL  hand case" in bad.stdout and "hint:" in bad.stdout and "checks passed" in bad.stdout
+    assert "note: your file imports minorpo" not in bad.stdout  # written without it
 
 
 @pytest.mark.slow

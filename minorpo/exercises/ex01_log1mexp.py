@@ -60,7 +60,7 @@ def far_from_zero(student):
 
 
 @test("random x in [-100, 0] in float64, float32 and bfloat16, shape and dtype kept (vs minorpo.loss.log1mexp)",
-      hint="each of the two formulas is accurate on one side of x = -ln 2 (Maechler 2012); return x's dtype and shape")
+      hint="each of the two formulas is accurate on one side of x = -ln 2 (Maechler 2012): use each only there")
 def random_inputs(student):
     def body(values, dtype):
         x, got = run(student, values, dtype)

@@ -77,7 +77,7 @@ def batches(draw):
 
 
 @test("random batches: uneven lengths, left or right padding, float64/float32/bfloat16 (vs minorpo)",
-      hint="one mean per row over that row's masked tokens; return one value per row, in the input's dtype")
+      hint="one mean per row over that row's own masked tokens, wherever they sit in the row (left or right padding)")
 def random_batches(student):
     def body(batch, dtype):
         values, mask_values = batch

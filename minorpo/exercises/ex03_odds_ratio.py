@@ -73,8 +73,8 @@ logps = st.floats(-30.0, -1e-30)
 
 
 @test("random pairs, float64/float32/bfloat16: one value per pair (vs minorpo.loss)",
-      hint="every function returns one value per pair, shape [B] (no mean over the batch); compute in float32 at "
-           "least (upcast bfloat16), float64 stays float64")
+      hint="stay in log space: log odds = a - log(1 - e^a) with an accurate log(1 - e^a) (exercise 1), and "
+           "L_OR = softplus(-log OR); upcast bfloat16 to float32 before any arithmetic")
 def random_pairs(student):
     def body(pairs, dtype):
         a = torch.tensor([p[0] for p in pairs], dtype=torch.float64).to(DTYPES[dtype])

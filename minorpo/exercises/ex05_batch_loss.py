@@ -106,7 +106,8 @@ def batches(draw):
 
 
 @test("random batches: uneven lengths, both normalizations, lam in {0, 0.1, 1}, float64/float32/bf16 (vs minorpo)",
-      hint="return a 0-dim tensor, float32 for float32 or bfloat16 inputs (upcast first), float64 for float64")
+      hint="a_i and b_i from each row's own mask (Eq. 3), one L_OR per pair, their mean; L_SFT over nll_mask, "
+           "normalized as asked; upcast bfloat16 to float32 before any arithmetic")
 def random_batches(student):
     def body(batch, lam, normalization, dtype):
         t = tensors(*batch, dtype=DTYPES[dtype])

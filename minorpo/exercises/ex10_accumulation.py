@@ -45,20 +45,20 @@ def make(rows):
 HAND = [[([-1.0], 0.5)], [([-2.0, -2.0, -2.0], 1.5)]]  # two micro-batches of one pair each: 1 and 3 NLL tokens
 
 
-@test("hand case, token_mean, lam = 1: shares (-(-1) + 0.5) / ... add up to -(-1 - 6)/4 + (0.5 + 1.5)/2 = 2.75",
+@test("hand case, token_mean, lam = 1: micro-batches of 1 and 3 NLL tokens, shares 0.5 and 2.25 (total 2.75)",
       hint="divide each micro-batch's SUM of NLL terms by the token count of the WHOLE batch (4 here), not by its own "
            "count, and its sum of L_OR by the whole batch's number of pairs")
 def hand_token_mean(student):
     shares = run(student, make(HAND), 1.0, "token_mean")
     # micro-batch 0: 1/4 + 0.5/2 = 0.5; micro-batch 1: 6/4 + 1.5/2 = 2.25; total 2.75
-    assert_close(torch.stack(shares), torch.tensor([0.5, 2.25], dtype=torch.float64), 1e-12, 1e-12, "shares")
+    assert_close(torch.stack(shares), torch.tensor([0.5, 2.25], dtype=torch.float64), 1e-12, 1e-12, "share per micro-batch")
 
 
-@test("hand case, sequence_mean, lam = 1: shares 1/2 + 0.5/2 and 2/2 + 1.5/2, total 1.5 + 1 = 2.5",
+@test("hand case, sequence_mean, lam = 1: shares 1/2 + 0.5/2 = 0.75 and 2/2 + 1.5/2 = 1.75 (total 2.5)",
       hint="sequence_mean: each pair's own token mean, summed over the micro-batch, divided by the whole batch's pairs")
 def hand_sequence_mean(student):
     shares = run(student, make(HAND), 1.0, "sequence_mean")
-    assert_close(torch.stack(shares), torch.tensor([0.75, 1.75], dtype=torch.float64), 1e-12, 1e-12, "shares")
+    assert_close(torch.stack(shares), torch.tensor([0.75, 1.75], dtype=torch.float64), 1e-12, 1e-12, "share per micro-batch")
 
 
 row = st.tuples(st.lists(st.floats(-10.0, -1e-3), min_size=1, max_size=5), st.floats(0.0, 5.0))

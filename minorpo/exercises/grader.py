@@ -4,7 +4,7 @@
 ok, or what failed on the smallest failing input (expected vs got) and one hint. The checks run in a subprocess
 under a time limit, so a file that hangs, crashes or does not import is reported, not fatal. Exit status: 0 all
 checks passed, 1 some failed, 2 a usage error (unknown exercise, missing file). `--json` prints one line for
-autograders: {"exercise", "slug", "file", "score", "passed", "total", "failed"}.
+autograders: {"exercise", "slug", "file", "score", "passed", "total", "failed", "imports_minorpo"}.
 """
 
 import importlib
@@ -57,8 +57,8 @@ def start(number: int, dest: str | None) -> int:
 STARTUP_S = 120.0  # for the worker to import torch, hypothesis and the checks, before the time limit starts
 
 
-def run_checks(number: int, path: Path, time_limit: float) -> list[dict]:
-    """One result per check of the exercise, from a worker subprocess (see worker.py)."""
+def run_checks(number: int, path: Path, time_limit: float) -> tuple[list[dict], list[str]]:
+    """(one result per check of the exercise, notes), from a worker subprocess (see worker.py)."""
     names = [t.name for t in importlib.import_module(EXERCISES[number].module).TESTS]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
@@ -67,7 +67,7 @@ def run_checks(number: int, path: Path, time_limit: float) -> list[dict]:
                                 stdout=subprocess.PIPE, stderr=err_file, text=True, env=env)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put(None)], daemon=True).start()
-        results, running, ready, timed_out = {}, None, False, False
+        results, notes, running, ready, timed_out = {}, [], None, False, False
         deadline = time.monotonic() + STARTUP_S
         while True:
             try:
@@ -81,6 +81,8 @@ def run_checks(number: int, path: Path, time_limit: float) -> list[dict]:
             msg = json.loads(line)
             if "ready" in msg:
                 ready, deadline = True, time.monotonic() + time_limit
+            elif "note" in msg:
+                notes.append(msg["note"])
             elif "start" in msg:
                 running = msg["start"]
             else:
@@ -99,11 +101,13 @@ def run_checks(number: int, path: Path, time_limit: float) -> list[dict]:
         if name not in results:
             why = "the time limit was reached during an earlier check" if timed_out else ended
             results[name] = {"test": name, "passed": False, "message": f"not run: {why}"}
-    return [results[n] for n in names]
+    return [results[n] for n in names], notes
 
 
-def report(ex, path: str, results: list[dict]) -> None:
+def report(ex, path: str, results: list[dict], notes: list[str]) -> None:
     print(f"exercise {ex.number} ({ex.title}): {path}")
+    for note in notes:
+        print(f"  note: {note}")
     for r in results:
         print(f"  {'ok  ' if r['passed'] else 'FAIL'}  {r['test']}")
         if r["passed"]:
@@ -124,14 +128,15 @@ def check(number: int, file: str, time_limit: float, as_json: bool) -> int:
         raise UserError(f"{file}: no such file (`minorpo exercises start {number}` writes the stub)")
     if time_limit <= 0:
         raise UserError(f"--time-limit must be > 0 seconds, got {time_limit:g}")
-    results = run_checks(number, path.resolve(), time_limit)
+    results, notes = run_checks(number, path.resolve(), time_limit)
     passed = sum(r["passed"] for r in results)
     if as_json:
         print(json.dumps({"exercise": number, "slug": ex.slug, "file": file, "score": round(passed / len(results), 4),
                           "passed": passed, "total": len(results),
-                          "failed": [r["test"] for r in results if not r["passed"]]}))
+                          "failed": [r["test"] for r in results if not r["passed"]],
+                          "imports_minorpo": bool(notes)}))
     else:
-        report(ex, file, results)
+        report(ex, file, results, notes)
     return 0 if passed == len(results) else 1
 
 

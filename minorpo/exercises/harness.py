@@ -6,6 +6,11 @@ fails by raising `Failure` (message, and when known the input, the expected and 
 anything the student's code raises into a Failure naming the exception and the line of the student's file.
 `for_all` runs a body on hypothesis-generated inputs (plain Python values, so that the report shows them as drawn
 even if the student's code modified its tensors in place); hypothesis shrinks a failure to its smallest input.
+
+Tolerances: float64 results are compared at 1e-12 where a few roundings (2^-53 = 1.1e-16 each) separate two
+correct computations of values of order 1, and at 1e-10 after sums or matrix products of dozens of terms; float32
+and bfloat16 tolerances are derived where they are used. The mistakes the checks look for change results by 1e-3
+or more, so no tolerance is near the line between right and wrong.
 """
 
 import os
@@ -22,9 +27,10 @@ EXAMPLES = int(os.environ.get("MINORPO_EXERCISE_EXAMPLES", "60"))  # hypothesis 
 class Failure(Exception):
     """A check that did not pass: what went wrong, on which input, expected vs got."""
 
-    def __init__(self, message: str, input=None, expected=None, got=None):
+    def __init__(self, message: str, input=None, expected=None, got=None, kind: str = "value"):
         super().__init__(message)
         self.message, self.input, self.expected, self.got = message, input, expected, got
+        self.kind = kind  # "value", or "form": the wrong type, shape or dtype (the worker then hints at the stub)
 
 
 class NotWritten(Failure):
@@ -77,17 +83,20 @@ def call(fn, *args, what: str, **kwargs):
 def check_tensor(got, shape, dtype, what: str) -> torch.Tensor:
     """got must be a tensor of this shape and dtype (shape None: any shape)."""
     if not isinstance(got, torch.Tensor):
-        raise Failure(f"{what} returned a {type(got).__name__}, expected a torch.Tensor", got=_short(got))
+        raise Failure(f"{what} returned a {type(got).__name__}, expected a torch.Tensor", got=_short(got), kind="form")
     if shape is not None and tuple(got.shape) != tuple(shape):
         raise Failure(f"{what} returned shape {tuple(got.shape)}, expected {tuple(shape)}", expected=tuple(shape),
-                      got=tuple(got.shape))
+                      got=tuple(got.shape), kind="form")
     if dtype is not None and got.dtype != dtype:
-        raise Failure(f"{what} returned dtype {got.dtype}, expected {dtype}", expected=str(dtype), got=str(got.dtype))
+        raise Failure(f"{what} returned dtype {got.dtype}, expected {dtype}", expected=str(dtype), got=str(got.dtype),
+                      kind="form")
     return got
 
 
 def assert_close(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, what: str) -> None:
     """Elementwise |got - expected| <= atol + rtol |expected|; equal infinities agree; NaN never does."""
+    if tuple(got.shape) != tuple(expected.shape):
+        raise Failure(f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
     g, e = got.detach().double().cpu(), expected.detach().double().cpu()
     same_inf = torch.isinf(e) & (g == e)
     ok = same_inf | ((g - e).abs() <= atol + rtol * e.abs())
@@ -146,7 +155,7 @@ def for_all(body, examples: int | None = None, **strategies) -> None:
         if inner:
             raise Failure(inner[0].message + " (and not again when re-run on the same input: does your code keep "
                           "state between calls or use randomness?)", inner[0].input, inner[0].expected,
-                          inner[0].got) from None
+                          inner[0].got, inner[0].kind) from None
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         raise Failure(f"{type(e).__name__}: {e}") from None

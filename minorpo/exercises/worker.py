@@ -1,10 +1,11 @@
 """Run one exercise's checks on a student's file: `python -m minorpo.exercises.worker N FILE`.
 
-Writes one JSON object per line to its stdout: {"start": name} before each check, then {"test": name, "passed":
-bool, ...}. grader.py runs it in a subprocess and enforces the time limit, so a check that hangs is the last
+Writes one JSON object per line to its stdout: {"ready": true}, {"note": ...} if the file imports minorpo,
+{"start": name} before each check, then {"test": name, "passed": bool, ...}. grader.py runs it in a subprocess and enforces the time limit, so a check that hangs is the last
 "start" without a result. Whatever the student's code prints goes to stderr, so it cannot garble those lines.
 """
 
+import ast
 import importlib
 import importlib.util
 import json
@@ -14,6 +15,9 @@ import traceback
 from pathlib import Path
 
 from minorpo.exercises import EXERCISES, harness
+
+
+FORM_HINT = "the stub's docstring says what to return: its \"Returns:\" line gives the type, shape and dtype"
 
 
 def load_student(path: Path):
@@ -33,6 +37,20 @@ def load_student(path: Path):
     return module, None
 
 
+def imports_minorpo(path: Path) -> bool:
+    """Does the file import minorpo (whose implementation the exercise asks the student to write)?"""
+    try:
+        tree = ast.parse(path.read_text())
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if any(n == "minorpo" or n.startswith("minorpo.") for n in names):
+            return True
+    return False
+
+
 def grade(number: int, path: Path, only=None):
     """Events of grading `path` as exercise `number`: {"ready": True} once the checks are imported (the time limit
     starts there, so it covers the student's import), then {"start": name} and the result of each check."""
@@ -41,6 +59,9 @@ def grade(number: int, path: Path, only=None):
     checks = importlib.import_module(EXERCISES[number].module)
     yield {"ready": True}
     harness.STUDENT_FILE = str(path)
+    if imports_minorpo(path):
+        yield {"note": "your file imports minorpo: the exercise is to write this yourself, and the grader compares "
+                       "you with minorpo"}
     student, import_error = load_student(path)
     for t in checks.TESTS:
         if only is not None and not only(t.name):
@@ -54,7 +75,8 @@ def grade(number: int, path: Path, only=None):
                 t.run(student)
                 result["passed"] = True
             except harness.Failure as f:
-                result.update(message=f.message, input=f.input, expected=f.expected, got=f.got, hint=t.hint)
+                hint = FORM_HINT if f.kind == "form" else t.hint
+                result.update(message=f.message, input=f.input, expected=f.expected, got=f.got, hint=hint)
             except Exception as e:  # a bug in the check itself, not in the student's code
                 tail = "".join(traceback.format_exception(e)[-3:]).strip()
                 result["message"] = f"the grader itself failed (please report it): {tail}"
