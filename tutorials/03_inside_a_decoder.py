@@ -214,4 +214,86 @@ if transformers is not None:
     print(f"max |transformers - by hand|: {(theirs - hand).abs().max().item():.2e}")
     assert (theirs - hand).abs().max().item() < tol  # float32 RMSNorm there too (section 3)
     assert torch.allclose(theirs, ours, rtol=1e-10, atol=1e-10)  # same operations as minorpo, same roundings
+
+# %% [markdown]
+# ## 6. What Gemma 3 changes
+#
+# Gemma 3 (`minorpo/gemma3.py`, which lists each departure where it is applied) is the same decoder with:
+#   * RMSNorm scaling by (1 + w) (the stored weights are offsets from 1), and four of them per block: the attention
+#     and MLP outputs are normalized again before they are added to the residual stream;
+#   * QK-norm: each query and key head goes through its own such norm before RoPE;
+#   * softmax(q k^T / sqrt(query_pre_attn_scalar)) instead of / sqrt(hs);
+#   * embeddings multiplied by sqrt(C); a GELU (tanh) gate instead of SiLU;
+#   * sliding-window layers (a token sees only the last `sliding_window` positions) between global ones, each kind
+#     with its own RoPE base.
+# Below: a tiny random Gemma 3 (layer 0 sliding with window 3, layer 1 global), its forward pass by hand, and the
+# check that minorpo agrees (same float32-norm tolerance as in section 3).
+
+# %%
+gemma_config = {"model_type": "gemma3_text", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+                "query_pre_attn_scalar": 12, "sliding_window": 3, "max_position_embeddings": 64,
+                "layer_types": ["sliding_attention", "full_attention"], "rope_theta": 10000.0,
+                "rope_local_base_freq": 100.0, "rms_norm_eps": 1e-6}
+gemma = build_model(ModelConfig.from_hf(gemma_config))
+with torch.no_grad():  # norm offsets away from 0, so a (1 + w) forgotten would show
+    for name, p in gemma.named_parameters():
+        p.copy_(0.2 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+gemma_folder = Path(tempfile.mkdtemp()) / "tiny-gemma3"
+save(gemma, None, gemma_folder)
+G = {k: v.double() for k, v in load_file(str(gemma_folder / "model.safetensors")).items()}
+gC, gnh, gnkv, ghs = 32, 4, 2, 8
+
+
+def gemma_norm(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + w)
+
+
+def rope_with_base(x, pos, base):  # as rope() above, for head size ghs and a given base
+    inv_freq = 1.0 / base ** (torch.arange(0, ghs, 2, dtype=torch.float64) / ghs)
+    angle = pos[:, None].double() * inv_freq
+    cos, sin = angle.cos()[:, None], angle.sin()[:, None]
+    x1, x2 = x[..., : ghs // 2], x[..., ghs // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def gemma_by_hand(ids, use_window=True):
+    T = len(ids)
+    pos = torch.arange(T)
+    x = G["model.embed_tokens.weight"][ids] * gC ** 0.5  # scaled embeddings
+    for i, kind in enumerate(gemma_config["layer_types"]):
+        p = f"model.layers.{i}."
+        sliding = kind == "sliding_attention"
+        allowed = pos[None, :] <= pos[:, None]  # causal
+        if sliding and use_window:  # key fewer than 3 positions back
+            allowed &= pos[:, None] - pos[None, :] < gemma_config["sliding_window"]
+        base = gemma_config["rope_local_base_freq"] if sliding else gemma_config["rope_theta"]
+        h = gemma_norm(x, G[p + "input_layernorm.weight"])
+        q = gemma_norm((h @ G[p + "self_attn.q_proj.weight"].T).view(T, gnh, ghs), G[p + "self_attn.q_norm.weight"])
+        k = gemma_norm((h @ G[p + "self_attn.k_proj.weight"].T).view(T, gnkv, ghs), G[p + "self_attn.k_norm.weight"])
+        v = (h @ G[p + "self_attn.v_proj.weight"].T).view(T, gnkv, ghs)
+        q, k = rope_with_base(q, pos, base), rope_with_base(k, pos, base)
+        k, v = k.repeat_interleave(gnh // gnkv, dim=1), v.repeat_interleave(gnh // gnkv, dim=1)
+        scores = torch.einsum("thd,shd->hts", q, k) / gemma_config["query_pre_attn_scalar"] ** 0.5
+        y = torch.einsum("hts,shd->thd", scores.masked_fill(~allowed, float("-inf")).softmax(-1), v)
+        x = x + gemma_norm(y.reshape(T, gnh * ghs) @ G[p + "self_attn.o_proj.weight"].T,
+                           G[p + "post_attention_layernorm.weight"])
+        h = gemma_norm(x, G[p + "pre_feedforward_layernorm.weight"])
+        gate, up = h @ G[p + "mlp.gate_proj.weight"].T, h @ G[p + "mlp.up_proj.weight"].T
+        mlp = (torch.nn.functional.gelu(gate, approximate="tanh") * up) @ G[p + "mlp.down_proj.weight"].T
+        x = x + gemma_norm(mlp, G[p + "post_feedforward_layernorm.weight"])
+    return gemma_norm(x, G["model.norm.weight"]) @ G["model.embed_tokens.weight"].T  # tied output head
+
+
+gids = torch.tensor([5, 17, 3, 42, 8, 99, 23])
+with torch.no_grad():
+    gemma_ours = load_model(gemma_folder, dtype=torch.float64)(gids[None])[0]
+gemma_hand = gemma_by_hand(gids)
+gdiff = (gemma_ours - gemma_hand).abs().max().item()
+gtol = 1e-5 * gemma_hand.abs().max().item()
+print(f"Gemma 3: max |minorpo - by hand| {gdiff:.2e}")
+assert gdiff < gtol, f"{gdiff} > {gtol}"
+# the window matters: tokens 0-2 see at most 3 positions anyway, later ones lose their earliest keys
+no_window = gemma_by_hand(gids, use_window=False)
+assert (no_window[:3] - gemma_hand[:3]).abs().max() < gtol and (no_window[3:] - gemma_hand[3:]).abs().max() > 1e-3
 print("tutorial 3: all checks passed")
