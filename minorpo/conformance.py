@@ -149,18 +149,20 @@ def judge(predictor: Predictor, reported: dict, rtol: float, lam: float | None =
                      "report nll_loss, logps/* and the odds metrics too.")
     worst = {id(c): max(s for _, s in sc.values()) for c, sc in rows}
     matches = [(c, sc) for c, sc in rows if worst[id(c)] <= 1]
-    lines += ["", f"per dimension (each candidate's best combination; a ratio <= 1 is within tolerance, rtol {rtol:g}):"]
+    lines += ["", "per dimension, from the quantities that depend on it (each candidate at its best combination; "
+                  f"ratio = difference / tolerance, <= 1 matches; rtol {rtol:g}):"]
     for dim in identified:
+        relevant = [q for q in rows[0][1] if dim in DEPENDS[q]]
         best = {}
         for c, sc in rows:
-            v = c[dim]
-            if v not in best or worst[id(c)] < best[v][0]:
-                best[v] = (worst[id(c)], c, sc)
+            v, w = c[dim], max(sc[q][1] for q in relevant)
+            if v not in best or w < best[v][0]:
+                best[v] = (w, c, {q: sc[q] for q in relevant})
         ranked = sorted(best.items(), key=lambda kv: kv[1][0])
         within = [v for v, (w, _, _) in ranked if w <= 1]
         shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in within) or "nothing"
         status = "not separated by the reported numbers" if len(within) > 1 else ("ok" if within else "FAILS")
-        lines.append(f"  {dim:<18} {shown:<34} [{status}]")
+        lines.append(f"  {dim:<18} {shown:<34} [{status}]  from {', '.join(relevant)}")
         for v, (w, c, sc) in ranked[:4]:
             q = max(sc, key=lambda k: sc[k][1])
             label = f"{v:g}" if isinstance(v, float) else str(v)

@@ -184,6 +184,16 @@ def test_peer_named_from_full_metrics(setup, name, lam):
         assert names == [name], text  # logits/* (or xtuner's logps) single them out
 
 
+def test_logits_that_fit_nothing_are_left_out(setup):
+    """LLaMA-Factory's metrics judged without its --pad-to-multiple-of 8: its logits/* (means over the padded rows)
+    then fit no averaging, so they are left out with the reason, and the rest still gives its coordinates (shared
+    with paper, which differs only in logits/*), not a wrong preset."""
+    metrics, _ = peer("llamafactory", setup[0], collate_padded(setup[2], PAD))
+    text, status = verdict(setup, metrics)
+    assert "LEFT OUT of the verdict" in text and status == 0, text
+    assert "shared by: paper (" in text and "; llamafactory (" in text and "trl (" not in text, text
+
+
 def test_probability_ratio_is_not_odds_ratio(setup):
     """The 'ORPO' with odds = exp(logp) (the probability ratio, section 7.1) in TRL's code: its full metrics match
     objective = probability_ratio, never odds_ratio; with only loss and nll_loss it is at best not separated."""
