@@ -23,8 +23,15 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors (unknown flag, invalid choice, missing --model) in the one-line style too."""
+
+    def error(self, message):
+        self.exit(2, f"minorpo: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="minorpo",
         description="ORPO from scratch: load a model, inspect preference data, train with ORPO/SFT/DPO, "
                     "check other implementations. `minorpo COMMAND --help` explains each command. A mistake in a flag, "

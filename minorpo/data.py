@@ -1,13 +1,8 @@
 """Preference data: rows in the formats people use -> (prompt ids, chosen ids, rejected ids), with a drop report.
 
-Formats (detected per row with format="auto", or forced with DataConfig.format):
-  standard        {"prompt": str, "chosen": str, "rejected": str}                           (TRL's standard)
-  conversational  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}    (TRL's conversational)
-                  or chosen/rejected holding the whole conversation, prompt turns included (UltraFeedback
-                  binarized): the prompt is every message but the last, and must be the same in both.
-  implicit        {"chosen": str, "rejected": str} sharing a prefix (HH-RLHF): the prompt is everything up to
-                  and including the LAST "\\n\\nAssistant:" (DataConfig.implicit_prompt_marker); it must be the
-                  same in both, and the responses are what follows it.
+Row layouts (standard, conversational, implicit HH-RLHF, LLaMA-Factory's sharegpt and alpaca, orca's question;
+a `system` column): see layouts.py. The layout is detected once from a source's first rows (format="auto") or
+forced with DataConfig.format, and every row is read in it; a source that fits none is one error.
 
 Formatting (identical for chosen and rejected):
   raw text       prompt text and response text as given; they are concatenated, so a response normally starts
@@ -36,16 +31,20 @@ Bad rows never crash a run and never vanish: with strict=False they are skipped 
 
 from __future__ import annotations
 
+import itertools
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
 from .datafiles import DataFileError, iter_rows  # noqa: F401  (DataFileError re-exported for users)
 from .errors import UserError
+from .layouts import LAYOUTS, SAMPLE_ROWS, detect_layout, parse, row_layout
+from .layouts import Bad as _Bad
 
 # reasons a row is dropped, with what they mean
 REASONS = {
-    "missing_key": "a key the format needs (prompt/chosen/rejected) is absent",
+    "missing_key": "a key the layout needs (prompt/chosen/rejected, conversations, ...) is absent",
     "not_a_string": "a field or message content is not a string (null, number, ...)",
     "bad_messages": "a message list is malformed (not a list of {role, content} dicts, or no final assistant turn)",
     "empty_prompt": "the prompt is empty (nothing to predict the first response token from)",
@@ -62,7 +61,7 @@ REASONS = {
 
 @dataclass
 class DataConfig:
-    format: str = "auto"                  # "auto" (per row) | "standard" | "conversational" | "implicit"
+    format: str = "auto"                  # "auto" (detected from the first rows) or a layout (layouts.LAYOUTS)
     template: str = "auto"                # "auto": chat template for message rows, raw text for string rows;
                                           # "chat": chat template for all (strings become user/assistant turns);
                                           # "raw": raw text only (message rows are then an error)
@@ -79,7 +78,7 @@ class DataConfig:
     strict: bool = False                  # True: the first bad row raises BadRowError; False: skip and report
 
     def __post_init__(self):
-        allowed = {"format": ("auto", "standard", "conversational", "implicit"), "template": ("auto", "chat", "raw"),
+        allowed = {"format": ("auto", *LAYOUTS), "template": ("auto", "chat", "raw"),
                    "add_bos": ("auto", True, False), "add_eos": ("auto", True, False),
                    "prompt_truncation": ("drop", "keep_end", "keep_start"),
                    "response_truncation": ("keep_start", "drop")}
@@ -97,11 +96,6 @@ class BadRowError(UserError):
     def __init__(self, where: str, reason: str, detail: str):
         super().__init__(f"{where}: {reason}: {detail}")
         self.where, self.reason, self.detail = where, reason, detail
-
-
-class _Bad(Exception):
-    def __init__(self, reason: str, detail: str):
-        self.reason, self.detail = reason, detail
 
 
 @dataclass
@@ -125,6 +119,7 @@ class TokenizedPair:
 
 @dataclass
 class DropReport:
+    layout: str | None = None  # the row layout the source was read in (layouts.py)
     rows_read: int = 0
     kept: int = 0
     prompts_truncated: int = 0
@@ -135,7 +130,7 @@ class DropReport:
         return dict(Counter(reason for _, reason, _ in self.dropped))
 
     def format(self, max_rows: int = 20) -> str:
-        lines = [f"rows read {self.rows_read}, kept {self.kept}, dropped {len(self.dropped)}; "
+        lines = [f"layout {self.layout}: rows read {self.rows_read}, kept {self.kept}, dropped {len(self.dropped)}; "
                  f"prompts truncated {self.prompts_truncated}, responses truncated {self.responses_truncated}"]
         for reason, n in sorted(self.counts().items()):
             lines.append(f"  {reason:20s} {n:6d}  ({REASONS[reason]})")
@@ -147,70 +142,16 @@ class DropReport:
 
 
 # --------------------------------------------------------------------------------------------------- parsing
-def _messages(value, name: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise _Bad("bad_messages", f"{name} must be a non-empty list of messages, got {type(value).__name__}")
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise _Bad("bad_messages", f"{name}[{i}] must be a dict with 'role' and 'content', got {m!r:.80}")
-        if not isinstance(m["content"], str):
-            raise _Bad("not_a_string", f"{name}[{i}]['content'] is {type(m['content']).__name__}")
-    return value
-
-
-def _string(row: dict, key: str) -> str:
-    if not isinstance(row[key], str):
-        raise _Bad("not_a_string", f"{key} is {type(row[key]).__name__}, expected a string")
-    return row[key]
-
-
-def parse_row(row: dict, config: DataConfig) -> Pair:
-    """A raw row -> Pair, or raises _Bad(reason, detail)."""
-    fmt = config.format
-    for key in ("chosen", "rejected") + (("prompt",) if fmt in ("standard",) else ()):
-        if key not in row:
-            raise _Bad("missing_key", f"no {key!r} key (keys: {sorted(row)[:8]})")
-    chosen, rejected = row["chosen"], row["rejected"]
-    if fmt == "auto":
-        if isinstance(chosen, list) or isinstance(rejected, list) or isinstance(row.get("prompt"), list):
-            fmt = "conversational"
-        else:
-            fmt = "standard" if "prompt" in row else "implicit"
-    if fmt == "standard":
-        pair = Pair(_string(row, "prompt"), _string(row, "chosen"), _string(row, "rejected"))
-    elif fmt == "implicit":
-        pair = _split_implicit(_string(row, "chosen"), _string(row, "rejected"), config.implicit_prompt_marker)
-    else:  # conversational
-        chosen, rejected = _messages(chosen, "chosen"), _messages(rejected, "rejected")
-        if isinstance(row.get("prompt"), list):
-            pair = Pair(_messages(row["prompt"], "prompt"), chosen, rejected)
-        elif len(chosen) > 1 or len(rejected) > 1:  # UltraFeedback: prompt turns inside chosen/rejected
-            if chosen[:-1] != rejected[:-1]:
-                raise _Bad("prompts_differ", "the messages before the last differ between chosen and rejected")
-            pair = Pair(chosen[:-1], chosen[-1:], rejected[-1:])
-        elif isinstance(row.get("prompt"), str):  # a plain string prompt with single assistant turns
-            pair = Pair([{"role": "user", "content": row["prompt"]}], chosen, rejected)
-        else:
-            raise _Bad("missing_key" if "prompt" not in row else "not_a_string",
-                       "conversational row without prompt messages")
-        for name, msgs in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-            if msgs[-1]["role"] != "assistant":
-                raise _Bad("bad_messages", f"the last {name} message has role {msgs[-1]['role']!r}, not 'assistant'")
+def parse_row(row: dict, config: DataConfig, layout: str | None = None) -> Pair:
+    """A raw row -> Pair, or raises _Bad(reason, detail). The layout: config.format if set, else `layout` (what
+    build_examples detected for the source), else the row's own (layouts.row_layout)."""
+    layout = config.format if config.format != "auto" else layout or row_layout(row)
+    if layout is None:
+        missing = [k for k in ("chosen", "rejected") if k not in row]
+        raise _Bad("missing_key", f"no {missing[0]!r} key (keys: {sorted(row)[:8]})")
+    pair = Pair(*parse(row, layout, config.implicit_prompt_marker))
     _check_responses(pair)
     return pair
-
-
-def _split_implicit(chosen: str, rejected: str, marker: str) -> Pair:
-    """Prompt = text up to and including the last marker; it must be the same for chosen and rejected."""
-    cut_c, cut_r = chosen.rfind(marker), rejected.rfind(marker)
-    if cut_c < 0 or cut_r < 0:
-        raise _Bad("no_prompt_marker", f"{marker!r} not found in {'chosen' if cut_c < 0 else 'rejected'}")
-    prompt_c, prompt_r = chosen[: cut_c + len(marker)], rejected[: cut_r + len(marker)]
-    if prompt_c != prompt_r:
-        at = next((i for i, (a, b) in enumerate(zip(prompt_c, prompt_r)) if a != b), min(len(prompt_c), len(prompt_r)))
-        raise _Bad("prompts_differ", f"the prompts differ from character {at} on "
-                                     f"(chosen prompt {len(prompt_c)} chars, rejected prompt {len(prompt_r)} chars)")
-    return Pair(prompt_c, chosen[len(prompt_c):], rejected[len(prompt_r):])
 
 
 def _content(x) -> str:
@@ -335,14 +276,22 @@ class PreferenceDataset:
         return self.examples[i]
 
 
-def build_examples(rows, tokenizer, config: DataConfig | None = None, limit: int | None = None) -> PreferenceDataset:
-    """Parse and tokenize rows: an iterable of (where, row dict). limit = stop after that many kept examples."""
+def build_examples(rows, tokenizer, config: DataConfig | None = None, limit: int | None = None,
+                   progress: bool = False) -> PreferenceDataset:
+    """Parse and tokenize rows: an iterable of (where, row dict). limit = stop after that many kept examples.
+    progress: a tqdm bar of the rows on stderr."""
     config = config or DataConfig()
     report, examples = DropReport(), []
-    for where, row in rows:
+    rows = iter(rows)
+    sample = list(itertools.islice(rows, SAMPLE_ROWS))
+    layout = config.format if config.format != "auto" else detect_layout(sample) if sample else None
+    report.layout = layout
+    bar = _progress_bar(progress)
+    for where, row in itertools.chain(sample, rows):
         report.rows_read += 1
+        bar.update(1)
         try:
-            pair = parse_row(row, config)
+            pair = parse_row(row, config, layout)
             pair.where = where
             examples.append(tokenize_pair(pair, tokenizer, config, report))
         except _Bad as bad:
@@ -352,14 +301,22 @@ def build_examples(rows, tokenizer, config: DataConfig | None = None, limit: int
             continue
         if limit is not None and len(examples) >= limit:
             break
+    bar.close()
     report.kept = len(examples)
     return PreferenceDataset(examples, report, config)
 
 
+def _progress_bar(enabled: bool):
+    """A bar on a terminal only (a log file or a pipe gets no bar lines); it disappears when done."""
+    from tqdm import tqdm
+    return tqdm(desc="tokenizing", unit=" rows", file=sys.stderr, disable=not (enabled and sys.stderr.isatty()),
+                mininterval=1.0, dynamic_ncols=True, leave=False)
+
+
 def load_preferences(source, tokenizer, config: DataConfig | None = None, *, split: str | None = None,
                      data_files: str | None = None, revision: str | None = None,
-                     limit: int | None = None) -> PreferenceDataset:
+                     limit: int | None = None, progress: bool = False) -> PreferenceDataset:
     """Read a local file/folder or a hub dataset (see datafiles.py) and tokenize it. Malformed files raise
     DataFileError (file and line); bad rows are dropped and reported (or raise BadRowError when strict)."""
     rows = iter_rows(source, split=split, data_files=data_files, revision=revision)
-    return build_examples(rows, tokenizer, config, limit=limit)
+    return build_examples(rows, tokenizer, config, limit=limit, progress=progress)

@@ -2,7 +2,9 @@
 
 For a few examples it prints the rendered prompt and responses with the prompt/response boundary marked at the
 token level (the last prompt tokens, then the first response tokens: the first one is the first trained label),
-the token counts, then token-length statistics and the drop report of the whole file.
+the token counts, then token-length statistics and the drop report of the whole file. Its data flags are
+`minorpo train`'s own, with train's defaults (max length, prompt cap and truncation: train.data_config), so what it
+shows is what train will read.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from .data import DataConfig, load_preferences
+from .data import load_preferences
+from .errors import UserError
 from .tokenizer import load_tokenizer
 
 BOUNDARY = "▌"  # printed between the last prompt token and the first response token
@@ -46,11 +49,22 @@ def length_stats(dataset) -> str:
 
 
 def run(args) -> int:
-    tokenizer = load_tokenizer(args.model, revision=args.revision)
-    config = DataConfig(format=args.format, template=args.template, max_length=args.max_length,
-                        max_prompt_length=args.max_prompt_length, prompt_truncation=args.prompt_truncation,
-                        response_truncation=args.response_truncation, strict=args.strict)
-    dataset = load_preferences(args.data, tokenizer, config, split=args.split, data_files=args.data_files)
+    from .train import DATA_FIELDS, TrainConfig, data_config
+    from .validate import check_fields, check_local_data
+
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in DATA_FIELDS})  # train's defaults for the rest
+    for required in ("model", "data"):
+        if not getattr(cfg, required):
+            raise UserError(f"--{required} is required")
+    check_fields(cfg, DATA_FIELDS)
+    if args.n < 0:
+        raise UserError(f"--n {args.n}: must be >= 0")
+    check_local_data(cfg.data, split=cfg.split or None, data_files=cfg.data_files or None)
+    tokenizer = load_tokenizer(cfg.model, revision=cfg.revision or None)
+    config = data_config(cfg)  # exactly what `minorpo train` with these flags reads
+    config.strict = args.strict
+    dataset = load_preferences(cfg.data, tokenizer, config, split=cfg.split or None,
+                               data_files=cfg.data_files or None, progress=True)
     for n, e in enumerate(dataset.examples[:args.n], 1):
         print(format_example(tokenizer, e, n))
         print()
@@ -61,29 +75,15 @@ def run(args) -> int:
 
 
 def add_cli(subparsers) -> None:
+    from .train import DATA_FIELDS, add_flags
+
     data = subparsers.add_parser("data", help="preference data tools (see `minorpo data inspect --help`)")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p = sub.add_parser("inspect", help="show rendered examples with the prompt/response boundary and a drop report",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="a .jsonl/.jsonl.gz/.json/.parquet file, a folder, or a hub "
-                                                 "dataset id 'org/name'")
-    p.add_argument("--model", required=True, help="a folder with tokenizer.json, or a hub model id "
-                                                  "(only its tokenizer files are fetched)")
-    p.add_argument("--revision", default=None, help="hub revision of --model")
-    p.add_argument("--split", default=None, help="split of a folder or hub dataset (default: train, unless "
-                                                 "--data-files picks the files)")
-    p.add_argument("--data-files", default=None, help="glob of files inside a folder or hub dataset")
-    p.add_argument("--n", type=int, default=3, help="number of examples to show")
-    defaults = DataConfig()
-    p.add_argument("--format", default=defaults.format, choices=["auto", "standard", "conversational", "implicit"])
-    p.add_argument("--template", default=defaults.template, choices=["auto", "chat", "raw"],
-                   help="auto: chat template for message lists, raw text for strings")
-    p.add_argument("--max-length", type=int, default=defaults.max_length, help="max tokens of prompt + response")
-    p.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length)
-    p.add_argument("--prompt-truncation", default=defaults.prompt_truncation,
-                   choices=["drop", "keep_end", "keep_start"])
-    p.add_argument("--response-truncation", default=defaults.response_truncation, choices=["keep_start", "drop"])
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(p, DATA_FIELDS)  # train's own data flags and defaults: inspect shows what train reads
+    p.add_argument("--n", type=int, default=3, help="number of examples to show (default: 3)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of reporting it")
-    p.add_argument("--max-report-rows", type=int, default=20, help="dropped rows listed one by one")
+    p.add_argument("--max-report-rows", type=int, default=20, help="dropped rows listed one by one (default: 20)")
     p.set_defaults(func=run)
     data.set_defaults(func=lambda args: data.print_help() or 2)

@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from .errors import UserError
 from .model import KVCache
 
 
@@ -54,7 +55,7 @@ def generate(model, input_ids, max_new_tokens: int = 64, *, attention_mask=None,
     whole sequence at every step (slow; it exists to check the cache).
     """
     if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        raise UserError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if not torch.is_tensor(input_ids):
         input_ids = torch.tensor([list(input_ids)], dtype=torch.long)
     device = next(model.parameters()).device
@@ -120,12 +121,31 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=run_cli)
 
 
+def check_cli(args) -> None:
+    """The flags of `minorpo generate`, checked before the model loads."""
+    from .validate import check_device, check_local_model
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty: give the text to continue")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be >= 1")
+    if not args.temperature >= 0:
+        raise UserError(f"--temperature {args.temperature:g}: must be >= 0 (0 = greedy)")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p {args.top_p:g}: must be in (0, 1]")
+    if args.system is not None and not args.chat:
+        raise UserError("--system needs --chat (a system message is a chat-template turn)")
+    check_device(args.device)
+    check_local_model(args.model)
+
+
 def run_cli(args) -> int:
     from .loader import load
+    check_cli(args)
     model, tok = load(args.model, dtype=DTYPES[args.dtype], revision=args.revision, device=args.device)
     if args.chat:
         if tok.chat_template is None:
-            raise SystemExit(f"--chat: the tokenizer of {args.model} has no chat template")
+            raise UserError(f"--chat: the tokenizer of {args.model} has no chat template (drop --chat to continue "
+                            f"the prompt as raw text)")
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                    [{"role": "user", "content": args.prompt}]
         prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

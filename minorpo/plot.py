@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from minorpo.errors import MissingFileError, UserError
+
 
 def in_notebook() -> bool:
     return "ipykernel" in sys.modules
@@ -44,17 +46,27 @@ def save_figure(fig, folder, filename: str) -> Path:
 
 
 def read_metrics(run_dir) -> list:
-    path = Path(run_dir) / "metrics.jsonl"
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MissingFileError(f"{run_dir}: no such run folder" if not run_dir.exists() else
+                               f"{run_dir} is a file; pass the run folder that `minorpo train --out` wrote")
+    path = run_dir / "metrics.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a minorpo run folder?")
+        raise MissingFileError(f"{path} not found: {run_dir} is not a minorpo run folder (or its run has not "
+                               f"logged a step yet)")
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{path}, line {i}: not JSON ({e})") from None
+            raise UserError(f"{path}:{i}: not JSON ({e})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise UserError(f"{path}:{i}: expected a JSON object with an integer 'step'")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} is empty: nothing to plot")
     return rows
 
 
@@ -150,4 +162,12 @@ def add_cli(subparsers):
                               description=__doc__)
     p.add_argument("run_dir", help="a run folder written by `minorpo train` (holds metrics.jsonl)")
     p.add_argument("--smooth", type=int, default=0, help="moving-average window in steps (default: steps/20)")
-    p.set_defaults(func=lambda a: [print(path) for path in plot_run(a.run_dir, a.smooth)] and 0)
+    p.set_defaults(func=_cli_main)
+
+
+def _cli_main(args) -> int:
+    if args.smooth < 0:
+        raise UserError(f"--smooth {args.smooth}: must be >= 0 (0 = steps/20)")
+    for path in plot_run(args.run_dir, args.smooth):
+        print(path)
+    return 0

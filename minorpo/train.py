@@ -40,6 +40,7 @@ from minorpo import objective, runs
 from minorpo.checkpoint import load_checkpoint, save_checkpoint
 from minorpo.errors import UserError
 from minorpo.fileio import atomic_write
+from minorpo.layouts import LAYOUTS
 from minorpo.logprobs import compiled_head
 from minorpo.master import MasterWeights
 from minorpo.validate import check_train_config
@@ -75,11 +76,24 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = no clipping)"})
     seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and dropout"})
-    # --- data
+    # --- data (the data fields are shared with `minorpo data inspect`: see data_config below)
+    split: str = field(default="", metadata={"help": "split of a folder or hub dataset --data: files named <split>.* or <split>-*, or a <split>/ "
+                                                     "folder (default: train, unless --data-files picks the files)"})
+    data_files: str = field(default="", metadata={"help": "glob of the files to read inside a folder or hub dataset --data (e.g. 'pairs*.jsonl')"})
+    revision: str = field(default="", metadata={"help": "hub revision (branch, tag or commit) of --model"})
+    eval_data: str = field(default="", metadata={"help": "held-out pairs from this source (file, folder or hub dataset; its first --eval-pairs usable "
+                                                         "pairs) instead of --eval-pairs split off --data; then all of --data is trained on"})
+    eval_split: str = field(default="test", metadata={"help": "split of --eval-data when it is a folder or hub dataset"})
     max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response"})
-    max_prompt_length: int = field(default=0, metadata={"help": "prompts longer than this keep their last tokens (0 = half of max_length)"})
+    max_prompt_length: int = field(default=0, metadata={"help": "prompts longer than this are cut by --prompt-truncation (0 = half of max_length)"})
+    format: str = field(default="auto", metadata={"help": "row layout of the data: auto (detected from its first rows) or one of minorpo/layouts.py's",
+                                                  "choices": ["auto", *LAYOUTS]})
+    prompt_truncation: str = field(default="keep_end", metadata={"help": "a prompt over --max-prompt-length keeps its last tokens (keep_end), its first "
+                                                                         "(keep_start), or the row is dropped (drop)",
+                                                                 "choices": ["keep_end", "keep_start", "drop"]})
     chat_template: bool = field(default=False, metadata={"help": "format with the tokenizer's chat template (else raw text)"})
-    eval_pairs: int = field(default=64, metadata={"help": "pairs held out for evaluation (a seeded split, never trained on)"})
+    eval_pairs: int = field(default=64, metadata={"help": "pairs held out for evaluation (a seeded split of --data, never trained on; or the first "
+                                                          "N of --eval-data)"})
     eval_every: int = field(default=25, metadata={"help": "evaluate every N steps (and at the start and end)"})
     max_pairs: int = field(default=0, metadata={"help": "use only the first N usable pairs of the data (0 = all)"})
     # --- precision, memory, hardware
@@ -301,13 +315,40 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     log = print if ddp.main else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
 
+    # --- tokenizer and data first: a mistake in the data is reported before the model loads
+    source = Path(cfg.model)  # the model folder (a hub id: its local copy)
+    if model is None or tokenizer is None:
+        from minorpo.loader import resolve
+        from minorpo.tokenizer import Tokenizer
+        source = resolve(cfg.model, cfg.revision or None)
+        tokenizer = tokenizer or Tokenizer.from_dir(source)
+    if cfg.chat_template and tokenizer.chat_template is None:
+        raise UserError(f"--chat-template: the tokenizer of {cfg.model} has no chat template (none in "
+                        f"tokenizer_config.json or chat_template.jinja); train on raw text without the flag")
+    if pairs is None:
+        pairs = load_pairs(cfg, tokenizer, out if ddp.main else None, log)
+    eval_set = load_pairs(cfg, tokenizer, None, log, eval_data=True) if cfg.eval_data else None
+    # --- data: the tokenized pairs, and a seeded held-out split of them unless --eval-data gave the held-out pairs
+    if cfg.max_pairs:
+        pairs = pairs[: cfg.max_pairs]
+    if eval_set is not None:
+        train_set = pairs
+    else:
+        split = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(12345)).tolist()
+        eval_set = [pairs[i] for i in split[: cfg.eval_pairs]]
+        train_set = [pairs[i] for i in split[cfg.eval_pairs:]]
+    if not train_set:
+        raise UserError(f"--data {cfg.data}: no training pairs left: {len(pairs)} usable pairs, all {cfg.eval_pairs} "
+                        f"held out for evaluation (--eval-pairs); lower --eval-pairs or pass --eval-data")
+    global_batch = cfg.batch_size * cfg.grad_accum * ddp.world
+    log(f"data: {len(train_set)} training pairs, {len(eval_set)} held out; global batch {global_batch} pairs "
+        f"({cfg.batch_size} x {cfg.grad_accum} accumulation x {ddp.world} ranks)")
+
     # --- model
-    from minorpo.loader import resolve
-    source = resolve(cfg.model) if model is None else Path(cfg.model)  # a hub id: its local copy
     if model is None:
-        from minorpo.loader import load
+        from minorpo.loader import load_model
         dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
-        model, tokenizer = load(source, dtype=dtype)
+        model = load_model(source, dtype=dtype)
     model.to(device)
     if cfg.precision == "bf16-weights":  # a model passed in as float32 (the loader above already gives bf16)
         model.to(dtype=torch.bfloat16)
@@ -334,19 +375,6 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
         master = MasterWeights([(n, p) for n, p in model.named_parameters() if p.requires_grad])
         params = master.params
 
-    # --- data: tokenized pairs, a seeded held-out split
-    if pairs is None:
-        pairs = load_pairs(cfg, tokenizer, out if ddp.main else None, log)
-    if cfg.max_pairs:
-        pairs = pairs[: cfg.max_pairs]
-    split = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(12345)).tolist()
-    eval_set = [pairs[i] for i in split[: cfg.eval_pairs]]
-    train_set = [pairs[i] for i in split[cfg.eval_pairs:]]
-    if not train_set:
-        raise ValueError(f"no training pairs left: {len(pairs)} usable pairs, {cfg.eval_pairs} held out for evaluation")
-    global_batch = cfg.batch_size * cfg.grad_accum * ddp.world
-    log(f"data: {len(train_set)} training pairs, {len(eval_set)} held out; global batch {global_batch} pairs "
-        f"({cfg.batch_size} x {cfg.grad_accum} accumulation x {ddp.world} ranks)")
     pad_id = objective.pad_token_id(tokenizer)
 
     # --- optimizer, schedule, resume
@@ -464,22 +492,44 @@ def eval_due(cfg: TrainConfig, step: int) -> bool:
     return bool(cfg.eval_every) and (step % cfg.eval_every == 0 or step == cfg.max_steps)
 
 
-def load_pairs(cfg: TrainConfig, tokenizer, out, log):
-    """Read and tokenize cfg.data; the report of dropped rows is printed and saved as RUN/data_report.json."""
-    from minorpo.data import DataConfig, load_preferences
-    dcfg = DataConfig(template="chat" if cfg.chat_template else "auto", max_length=cfg.max_length,
-                      max_prompt_length=cfg.max_prompt_length or cfg.max_length // 2, prompt_truncation="keep_end")
-    ds = load_preferences(cfg.data, tokenizer, dcfg, limit=cfg.max_pairs or None)
-    log(ds.report.format(max_rows=5) + (f"\n(every dropped row: {out / 'data_report.json'})" if out else ""))
+# the fields that say how the data is read and cut: `minorpo data inspect` takes exactly these flags
+DATA_FIELDS = ("model", "revision", "data", "split", "data_files", "format", "chat_template", "max_length",
+               "max_prompt_length", "prompt_truncation")
+
+
+def data_config(cfg) -> "DataConfig":
+    """The DataConfig of a TrainConfig's data fields: how `train` reads and cuts rows (and `data inspect`, which
+    builds its settings from the same fields, shows it)."""
+    from minorpo.data import DataConfig
+    return DataConfig(format=cfg.format, template="chat" if cfg.chat_template else "auto", max_length=cfg.max_length,
+                      max_prompt_length=cfg.max_prompt_length or cfg.max_length // 2,
+                      prompt_truncation=cfg.prompt_truncation)
+
+
+def load_pairs(cfg: TrainConfig, tokenizer, out, log, eval_data: bool = False):
+    """Read and tokenize cfg.data (or cfg.eval_data); the report of dropped rows is printed once and, for
+    --data, saved as RUN/data_report.json."""
+    from minorpo.data import load_preferences
+    if eval_data:
+        source, option, select = cfg.eval_data, "--eval-data", {"split": cfg.eval_split or None}
+        limit = cfg.eval_pairs or None
+    else:
+        source, option, select = cfg.data, "--data", {"split": cfg.split or None, "data_files": cfg.data_files or None}
+        limit = cfg.max_pairs or None
+    ds = load_preferences(source, tokenizer, data_config(cfg), limit=limit, progress=cfg.progress, **select)
+    log(f"{option}: " + ds.report.format(max_rows=5) + (f"\n(every dropped row: {out / 'data_report.json'})" if out else ""))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        report = {"rows_read": ds.report.rows_read, "kept": ds.report.kept, "dropped_by_reason": ds.report.counts(),
-                  "prompts_truncated": ds.report.prompts_truncated,
+        report = {"layout": ds.report.layout, "rows_read": ds.report.rows_read, "kept": ds.report.kept,
+                  "dropped_by_reason": ds.report.counts(), "prompts_truncated": ds.report.prompts_truncated,
                   "responses_truncated": ds.report.responses_truncated,
                   "dropped": [{"where": w, "reason": r, "detail": d} for w, r, d in ds.report.dropped]}
         atomic_write(out / "data_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=1)))
     if not ds.examples:
-        raise ValueError(f"{cfg.data}: no usable preference pairs ({ds.report.format()})")
+        if not ds.report.rows_read:
+            raise UserError(f"{option} {source}: no rows (the selected files are empty)")
+        raise UserError(f"{option} {source}: no usable preference pairs: all {ds.report.rows_read} rows were dropped "
+                        f"(the drop report above says why)")
     return ds.examples
 
 
@@ -532,7 +582,16 @@ def add_cli(subparsers):
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="a JSON object of settings (the options below, with _ for -; a "
                                                      "run's own config.json works): options given here override it")
+    add_flags(p)
+    p.add_argument("--lambda", dest="lam", type=float, default=argparse.SUPPRESS, help="same as --lam")
+    p.set_defaults(func=_cli_main)
+
+
+def add_flags(p, names=None):
+    """One flag per TrainConfig field (or per field in `names`: `data inspect` takes train's data fields)."""
     for f in fields(TrainConfig):  # default SUPPRESS: what was typed is told apart from defaults (--config)
+        if names is not None and f.name not in names:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kw = {"help": (f.metadata.get("help", "") + f" (default: {f.default!r})").replace("%", "%%"),
               "default": argparse.SUPPRESS}
@@ -545,8 +604,6 @@ def add_cli(subparsers):
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
             p.add_argument(flag, type=typ, **kw)
-    p.add_argument("--lambda", dest="lam", type=float, default=argparse.SUPPRESS, help="same as --lam")
-    p.set_defaults(func=_cli_main)
 
 
 def config_from_args(args) -> TrainConfig:

@@ -43,10 +43,11 @@ RANGES = {
 }
 
 
-def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
-    """Raise UserError for the first setting of cfg (a TrainConfig) that cannot work. model/data=False: the
-    caller passes the model / the pairs in, so cfg.model / cfg.data are not read."""
+def check_fields(cfg, names=None) -> None:
+    """Types, choices and ranges of cfg's fields (all, or those in `names`)."""
     for f in fields(cfg):
+        if names is not None and f.name not in names:
+            continue
         value = getattr(cfg, f.name)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
@@ -55,6 +56,15 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
             raise UserError(f"{flag(f.name)} {value}: expected a finite number")
         if f.name in RANGES and not RANGES[f.name][0](value):
             raise UserError(f"{flag(f.name)} {value:g}: must be {RANGES[f.name][1]}")
+    if cfg.max_prompt_length >= cfg.max_length:
+        raise UserError(f"--max-prompt-length {cfg.max_prompt_length} must be < --max-length {cfg.max_length} "
+                        f"(a response needs at least one token)")
+
+
+def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
+    """Raise UserError for the first setting of cfg (a TrainConfig) that cannot work. model/data=False: the
+    caller passes the model / the pairs in, so cfg.model / cfg.data are not read."""
+    check_fields(cfg)
     for name in ("model", "data"):
         if not getattr(cfg, name):
             raise UserError(f"{flag(name)} is required")
@@ -63,9 +73,6 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
     if cfg.lora_r > 0 and not all(t.strip() for t in cfg.lora_targets.split(",")):
         raise UserError(f"--lora-targets {cfg.lora_targets!r}: expected 'attention', 'all-linear' or a comma list "
                         f"of module names")
-    if cfg.max_prompt_length >= cfg.max_length:
-        raise UserError(f"--max-prompt-length {cfg.max_prompt_length} must be < --max-length {cfg.max_length} "
-                        f"(a response needs at least one token)")
     if cfg.unpadded and cfg.layout != "shared":
         raise UserError("--unpadded needs --layout shared")
     device = check_device(cfg.device)
@@ -82,7 +89,9 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
     if model:
         check_local_model(cfg.model)
     if data:
-        check_local_data(cfg.data)
+        check_local_data(cfg.data, split=cfg.split or None, data_files=cfg.data_files or None)
+    if cfg.eval_data:
+        check_local_data(cfg.eval_data, "--eval-data", split=cfg.eval_split or None)
 
 
 def check_device(name: str, option: str = "--device"):
@@ -128,4 +137,7 @@ def check_local_data(source, option: str = "--data", **select) -> None:
     from minorpo.datafiles import resolve_files
     from minorpo.fileio import is_local_path
     if is_local_path(source):
-        resolve_files(source, **select)
+        try:
+            resolve_files(source, **select)
+        except UserError as e:
+            raise type(e)(f"{option}: {e}") from None

@@ -255,11 +255,12 @@ def test_cli_inspect(tmp_path, capsys):
 
     folder = word_tokenizer(tmp_path / "tok")
     data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in [STANDARD, IMPLICIT, {**STANDARD, "rejected": " hello!"}]))
+    data.write_text("\n".join(json.dumps(r) for r in [STANDARD, {**STANDARD, "chosen": " fine."},
+                                                           {**STANDARD, "rejected": " hello!"}]))
     assert main(["data", "inspect", "--data", str(data), "--model", str(folder), "--n", "1"]) == 0
     out = capsys.readouterr().out
     assert "=== example 1 (d.jsonl:1): prompt 8 tokens, chosen 4, rejected 6 ===" in out
     assert "boundary: '\\n' 'Assistant' ':' ▌ ' ' 'hello' '!'" in out
-    assert "rows read 3, kept 2, dropped 1" in out
+    assert "layout standard: rows read 3, kept 2, dropped 1" in out
     assert "d.jsonl:3: identical_responses" in out
     assert "example 2" not in out

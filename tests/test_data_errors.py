@@ -13,12 +13,15 @@ from tiny_tokenizers import word_tokenizer
 
 from minorpo.data import BadRowError, DataConfig, build_examples, load_preferences
 from minorpo.datafiles import DataFileError, iter_rows, select_files
+from minorpo.layouts import row_layout
 from minorpo.tokenizer import Tokenizer
 
 GOOD = {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello!", "rejected": " go away."}
 U = {"role": "user", "content": "hi"}
 A1, A2 = {"role": "assistant", "content": "ok"}, {"role": "assistant", "content": "no"}
 
+GOOD_OF = {"conversational": {"prompt": [U], "chosen": [A1], "rejected": [A2]},
+           "implicit": {"chosen": "\n\nHuman: hi\n\nAssistant: ok", "rejected": "\n\nHuman: hi\n\nAssistant: no"}}
 # (id, row, config overrides, expected reason)
 BAD_ROWS = [
     ("missing chosen", {"prompt": "hi", "rejected": "no"}, {}, "missing_key"),
@@ -60,7 +63,10 @@ def tok(tmp_path_factory):
 
 @pytest.mark.parametrize("name,row,overrides,reason", BAD_ROWS, ids=[c[0] for c in BAD_ROWS])
 def test_bad_row_reported_or_raised(tok, name, row, overrides, reason):
-    rows = [("f.jsonl:1", GOOD), ("f.jsonl:2", row), ("f.jsonl:3", GOOD)]
+    # the good rows around the bad one are of the layout it was meant to have (a source is read in one layout)
+    layout = overrides.get("format") or row_layout(row) or "standard"
+    good = GOOD_OF.get(layout, GOOD)
+    rows = [("f.jsonl:1", good), ("f.jsonl:2", row), ("f.jsonl:3", good)]
     overrides = dict(overrides)
     ds = build_examples(rows, tok, DataConfig(**overrides))
     # the two good rows survive unless the config itself rules GOOD out too (length limits apply to every row)
@@ -154,7 +160,7 @@ def test_readers_agree(tmp_path, tok):
     except ImportError:
         pass
     ref = load_preferences(files[0], tok)
-    assert len(ref) == 2 and ref.report.counts() == {"no_prompt_marker": 1}
+    assert len(ref) == 2 and ref.report.counts() == {"missing_key": 1}  # the file's layout is standard
     for f in files[1:]:
         ds = load_preferences(f, tok)
         got = [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in ds.examples]
