@@ -8,7 +8,7 @@ dimension is judged from the quantities that identify it, with its own tolerance
 coordinates and the known implementations that share them (TRL/Liger/Axolotl, official, LLaMA-Factory, ms-swift,
 xtuner, the paper).
 
-    minorpo conformance --model DIR --data pairs.jsonl --limit 4 --add-bos --metrics-json trainer_state.json
+    minorpo conformance --model DIR --data pairs.jsonl --limit 4 --add-bos yes --metrics-json trainer_state.json
 
     minorpo conformance --model DIR --batch their_batch.safetensors --loss 2.3456 \\
         --metric nll_loss=2.301 --metric log_odds_ratio=-0.693
@@ -19,7 +19,7 @@ logits/* the padded positions averaged. A loss alone cannot separate conventions
 positions: they match only if the padding is the same (--pad-to-multiple-of 8 for LLaMA-Factory); if they fit no
 averaging they are left out of the verdict, with the reason printed. Batch composition matters for a token mean,
 so the other implementation must have seen exactly these pairs, tokenized the same way (`minorpo data inspect`;
-TRL prepends BOS: --add-bos), as one batch; --batch removes that doubt.
+TRL prepends BOS: --add-bos yes), as one batch; --batch removes that doubt.
 """
 
 from __future__ import annotations
@@ -247,6 +247,10 @@ def run(args) -> int:
     from .loader import load
 
     logged = load_metrics(args.metrics_json, args.log_entry) if args.metrics_json else None
+    try:
+        parse_reported(None, None, logged)
+    except UserError as e:
+        raise UserError(f"--metrics-json {args.metrics_json}: {e}") from None
     reported = parse_reported(args.loss, args.metric, logged)  # before the slow work: bad names fail fast
     if (args.batch is None) == (args.data is None):
         raise UserError("pass exactly one of --data (pairs minorpo tokenizes) or --batch (a collated batch file)")
@@ -307,7 +311,8 @@ def add_cli(subparsers) -> None:
                    help="a response past --max-length: cut on the right, or the pair dropped")
     p.add_argument("--pad-to-multiple-of", type=int, default=None, help="pad the 2B rows to a multiple of N "
                    "(LLaMA-Factory: 8); changes logits/* only")
-    p.add_argument("--lam", type=float, default=None, help="lambda (TRL beta, official alpha, LLaMA-Factory pref_beta); "
+    p.add_argument("--lam", type=float, default=None, help="lambda (TRL beta, official alpha, LLaMA-Factory "
+                   "pref_beta); "
                    "default: inferred from rewards/chosen / logps/chosen, else 0.1 and 1.0 are tried")
     p.add_argument("--loss", type=float, default=None, help="the loss another implementation reported")
     p.add_argument("--metric", action="append", metavar="NAME=VALUE",

@@ -31,7 +31,8 @@ BOOKKEEPING = {"epoch", "step", "learning_rate", "grad_norm", "total_flos", "tra
 
 def _refuse_pickle(path: Path, flag: str) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise UserError(f"{flag} {path}: a pickle ({path.suffix}) can run arbitrary code when loaded, so it is not read; "
+        raise UserError(f"{flag} {path}: a pickle ({path.suffix}) can run arbitrary code when loaded, so it is not "
+                        "read; "
                         "save the batch as .safetensors (safetensors.torch.save_file) or .json")
 
 
@@ -112,7 +113,8 @@ def load_metrics(path, entry: int | None = None) -> dict[str, float]:
         except json.JSONDecodeError as e:
             raise UserError(f"--metrics-json {path}: neither JSON nor JSON lines ({e})") from None
     if not entries or not all(isinstance(e, dict) for e in entries):
-        raise UserError(f"--metrics-json {path}: expected a dict of metrics, a trainer_state.json or JSON lines of dicts")
+        raise UserError(f"--metrics-json {path}: expected a dict of metrics, a trainer_state.json or JSON lines of "
+                        "dicts")
     if entry is None:
         with_loss = [i for i, e in enumerate(entries) if "loss" in e or "train/loss" in e or "eval_loss" in e]
         entry = with_loss[0] if with_loss else 0

@@ -273,7 +273,8 @@ def check_orpo_loss(fn, convention="paper", kind="token_logps", lam=0.1, max_exa
         "finite": (finite, _strategy(st, near_zero=False, long=True), "the loss or its gradient is NaN or inf"),
         "near_zero": (lambda c: finite(c) and close(_call(fn, kind, c, lam)[0], reference(c, lam, **coords)),
                       _strategy(st, near_zero=True), "near-certain responses (a -> 0, b -> 0 too): not the "
-                                                     "convention's loss, or not finite (precision lost in log(1 - e^a)?)"),
+                                                     "convention's loss, or not finite (precision lost in "
+                                                     "log(1 - e^a)?)"),
         "value": (lambda c: close(_call(fn, kind, c, lam)[0], reference(c, lam, **coords)), _strategy(st),
                   f"not the loss of {coords}"),
         "padding": (lambda c: close(_call(fn, kind, c, lam, extra_pad=3)[0], _call(fn, kind, c, lam)[0], 1e-6),

@@ -47,7 +47,8 @@ def setup(tmp_path_factory):
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     hf = hf_model("llama-tied", 0, bos_token_id=0, eos_token_id=EOS, pad_token_id=PAD)
     tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    texts = [tok(p["prompt"] + p[k] + "</s>", return_tensors="pt").input_ids for p in PAIRS for k in ("chosen", "rejected")]
+    texts = [tok(p["prompt"] + p[k] + "</s>", return_tensors="pt").input_ids
+             for p in PAIRS for k in ("chosen", "rejected")]
     opt = torch.optim.Adam(hf.parameters(), lr=3e-2)
     torch.manual_seed(0)
     for _ in range(20):
@@ -136,7 +137,8 @@ def peer(name, hf, batch, beta=0.1):
         a, b = seq[:B], seq[B:]
         z = log_or(a, b)
         ratio = F.logsigmoid(z)
-        m = {"loss": nll - (beta * ratio).mean(), "chosen_rewards": beta * a.mean(), "rejected_rewards": beta * b.mean(),
+        m = {"loss": nll - (beta * ratio).mean(), "chosen_rewards": beta * a.mean(),
+             "rejected_rewards": beta * b.mean(),
              "reward_acc": (beta * a > beta * b).double().mean(), "reward_margin": beta * (a - b).mean(),
              "log_odds_ratio": ratio.mean(), "log_odds_chosen": z.mean(), "nll_loss": nll}
         return {k: float(v) for k, v in m.items()}, None
@@ -269,7 +271,8 @@ def test_bad_inputs(setup, capsys, tmp_path):
     (tmp_path / "missing.json").write_text(json.dumps({k: v for k, v in batch.items() if k != "rejected_labels"}))
     code, out = run_cli(capsys, "--model", model_dir, "--batch", tmp_path / "missing.json", "--loss", "1")
     assert code == 2 and "missing key(s) ['rejected_labels']" in out, out
-    (tmp_path / "shape.json").write_text(json.dumps({**batch, "chosen_labels": [r[:-1] for r in batch["chosen_labels"]]}))
+    short = [r[:-1] for r in batch["chosen_labels"]]
+    (tmp_path / "shape.json").write_text(json.dumps({**batch, "chosen_labels": short}))
     code, out = run_cli(capsys, "--model", model_dir, "--batch", tmp_path / "shape.json", "--loss", "1")
     assert code == 2 and "chosen_labels has shape" in out, out
     (tmp_path / "m.json").write_text(json.dumps({"loss": 1.0, "rewards/chosn": 2.0}))
@@ -292,6 +295,7 @@ def test_help(capsys):
     out = capsys.readouterr().out
     assert "--metrics-json FILE" in out and "which ORPO conventions" in out
     assert "--loss 2.3456 \\\n" in out  # the example's line continuation survives the docstring
+    assert "--add-bos yes --metrics-json" in out  # and its flags are valid ones
 
 
 @pytest.mark.slow
