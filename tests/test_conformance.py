@@ -115,6 +115,27 @@ def peer(name, hf, batch, beta=0.1):
         ids = cat["input_ids"].masked_fill(cat["attention_mask"] == 0, -100)
         return trl_style(cat, logits, beta, cat["labels"] if name == "ms-swift" else ids,
                          "probability" if name == "prob-ratio" else "ratio"), None
+    if name == "liger":  # liger_kernel/chunked_loss/{fused_linear_preference,orpo_loss}.py, called as LigerORPOTrainer
+        # calls it
+        cat, logits = hf_logits(hf, batch)
+        B = cat["input_ids"].shape[0] // 2
+        logp = torch.log_softmax(logits[:, :-1], -1)  # its input is hidden[:, :-1], its targets labels[:, 1:]
+        nll_target = cat["input_ids"].masked_fill(cat["attention_mask"] == 0, -100)[:, 1:]
+        nll = F.nll_loss(logp[:B].flatten(0, 1), nll_target[:B].flatten(), reduction="sum")
+        nll = nll / (nll_target[:B] != -100).sum()  # a token sum over the tokens of the whole batch
+        target = cat["labels"][:, 1:]
+        mask = target != -100
+        seq = (logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * mask).sum(-1) / mask.sum(-1)
+        a, b = seq[:B], seq[B:]
+        ratio = F.logsigmoid(log_or(a, b))
+        V = logits.shape[-1]
+        m = {"loss": nll - beta * ratio.sum() / B, "nll_loss": nll, "rewards/chosen": (beta * a).mean(),
+             "rewards/rejected": (beta * b).mean(), "rewards/accuracies": (a > b).double().mean(),
+             "rewards/margins": (beta * (a - b)).mean(), "logps/chosen": a.mean(), "logps/rejected": b.mean(),
+             "logits/chosen": logits[:B, :-1].sum() / (B * (logits.shape[1] - 1) * V),
+             "logits/rejected": logits[B:, :-1].sum() / (B * (logits.shape[1] - 1) * V),
+             "log_odds_ratio": ratio.sum() / B, "log_odds_chosen": log_or(a, b).sum() / B}
+        return {k: float(v) for k, v in m.items()}, None
     if name == "llamafactory":  # src/llamafactory/train/dpo/trainer.py; its collator pads to a multiple of 8
         cat, logits = hf_logits(hf, batch, multiple=8)
         B = cat["input_ids"].shape[0] // 2
@@ -167,8 +188,8 @@ def verdict(setup, metrics, multiple=None, lam=None):
     return "\n".join(lines), status
 
 
-@pytest.mark.parametrize("name,lam", [("trl", None), ("ms-swift", None), ("llamafactory", None), ("xtuner", None),
-                                      ("official", 1.0)])
+@pytest.mark.parametrize("name,lam", [("trl", None), ("liger", None), ("ms-swift", None), ("llamafactory", None),
+                                      ("xtuner", None), ("official", 1.0)])
 def test_peer_named_from_full_metrics(setup, name, lam):
     """Each peer's full metrics -> MATCH at its coordinates, named (and only the implementations sharing them)."""
     metrics, multiple = peer(name, setup[0], collate_padded(setup[2], PAD), beta=lam or 0.1)
@@ -181,9 +202,9 @@ def test_peer_named_from_full_metrics(setup, name, lam):
     assert "verdict: MATCH" in text, text
     shared = text.split("shared by: ")[1].split("\n")[0]
     names = [part.split(" (")[0] for part in shared.split("; ")]
-    assert name in names, text
-    if name in ("trl", "llamafactory", "xtuner", "ms-swift"):
-        assert names == [name], text  # logits/* (or xtuner's logps) single them out
+    assert ("trl" if name == "liger" else name) in names, text  # Liger's trainer is listed under trl
+    if name in ("trl", "liger", "llamafactory", "xtuner", "ms-swift"):
+        assert len(names) == 1, text  # logits/* (or xtuner's logps) single them out
 
 
 def test_logits_that_fit_nothing_are_left_out(setup):
@@ -218,6 +239,14 @@ def test_wrong_normalization_is_not_a_match(setup):
     metrics = {**metrics, "nll_loss": wrong_nll, "loss": metrics["loss"] - metrics["nll_loss"] + wrong_nll}
     text, status = verdict(setup, metrics)
     assert status == 1 and "NO combination matches" in text and "nll_loss is off" in text, text
+    # a per-sequence mean over prompt + response: a candidate, but no known implementation's
+    tok = lp * cat["attention_mask"][:B, 1:]
+    seq_nll = float(-(tok.sum(1) / cat["attention_mask"][:B, 1:].sum(1)).mean())
+    metrics = {**metrics, "nll_loss": seq_nll, "loss": metrics["loss"] - metrics["nll_loss"] + seq_nll}
+    text, status = verdict(setup, metrics)
+    assert status == 1 and "nll_normalization = sequence_mean;" in text and "no known implementation" in text, text
+    text, status = verdict(setup, {"loss": metrics["loss"]}, lam=0.1)
+    assert status == 1 and "WARNING: a loss alone cannot separate conventions" in text, text
 
 
 def run_cli(capsys, *args):

@@ -67,6 +67,16 @@ def test_batch_level_odds_ratio_caught():
     assert len(report.failures[0][2].chosen) >= 2  # the minimal example needs two pairs
 
 
+def test_flipped_odds_ratio_sign_caught():
+    """The sign of Eq. 8 as printed (xfactlab/orpo #37) carried into the loss: NLL - lam * L_OR rewards the rejected
+    response; the gradient property catches it (d loss / d rejected log-probs < 0)."""
+    def flipped(c, cm, nm, r, rm, lam):
+        return careful(c, cm, nm, r, rm, 0.0) - (careful(c, cm, nm, r, rm, lam) - careful(c, cm, nm, r, rm, 0.0))
+
+    report = check_orpo_loss(flipped, convention="trl", max_examples=N)
+    assert "gradient" in {p for p, _, _ in report.failures}, report
+
+
 @pytest.mark.slow
 def test_mean_over_pads_caught():
     def over_pads(c, cm, nm, r, rm, lam):  # NLL averaged over every position, pads included
