@@ -56,9 +56,9 @@ def check_fields(cfg, names=None) -> None:
             raise UserError(f"{flag(f.name)} {value}: expected a finite number")
         if f.name in RANGES and not RANGES[f.name][0](value):
             raise UserError(f"{flag(f.name)} {value:g}: must be {RANGES[f.name][1]}")
-    if cfg.max_prompt_length >= cfg.max_length:
-        raise UserError(f"--max-prompt-length {cfg.max_prompt_length} must be < --max-length {cfg.max_length} "
-                        f"(a response needs at least one token)")
+    if cfg.max_prompt_length > cfg.max_length:  # equal: the prompt may use the whole budget (no separate cap)
+        raise UserError(f"--max-prompt-length {cfg.max_prompt_length} must be <= --max-length {cfg.max_length} "
+                        f"(the prompt is part of the sequence)")
 
 
 def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
