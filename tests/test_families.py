@@ -166,3 +166,32 @@ def test_softcapped_chunked_head_gradcheck_and_reference():
     assert (softcap(h @ w.T, 1.5) - h @ w.T).abs().max() > 1  # the cap really bends the logits
     stacked = targets.reshape(1, 7)
     assert torch.autograd.gradcheck(lambda a, b: ChunkedTokenLogps.apply(a, b, stacked, 3, 1.5), (h[0], w))
+
+
+@pytest.mark.parametrize("arch,template,tokens", [
+    ("gemma3", "gemma3.jinja", {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}),
+    ("qwen3", "qwen3.jinja", {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
+])
+def test_cli_generate_chat_equals_transformers(tmp_path, capsys, arch, template, tokens):
+    """`minorpo generate --chat` on a tiny checkpoint with the family's own chat template (TRL's copy of the hub
+    template; see test_family_templates.py) prints what transformers' generate gives from its own
+    apply_chat_template ids, decoded by its own tokenizer (oracle end to end; 12 greedy tokens, past Gemma's
+    window of 4 and Qwen3's of 8 once the prompt is counted)."""
+    from pathlib import Path
+
+    trl = pytest.importorskip("trl")
+    from tiny_tokenizers import bpe_tokenizer
+
+    from minorpo.cli import main
+    hf, folder = saved(arch, tmp_path / arch, vocab_size=320)
+    bpe_tokenizer(folder, chat_template=(Path(trl.__file__).parent / "chat_templates" / template).read_text(),
+                  config=tokens)
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=False)
+    want = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+    assert len(want) == 12  # no early EOS: all 12 tokens are compared
+    assert main(["generate", "--model", str(folder), "--prompt", messages[0]["content"], "--chat",
+                 "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == tok.decode(want, skip_special_tokens=True) + "\n"
