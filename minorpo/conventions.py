@@ -143,8 +143,9 @@ def score_batch(model, batch: dict, pad_id: int, official_pad_id: int, max_lengt
     position_ids = torch.arange(T, device=device).expand(N, T)
     hidden = model(ids, attention_mask=mask, position_ids=position_ids, return_hidden=True)  # [2B, T, H]
     weight = model.lm_head.weight
-    nxt, extra, unshifted = token_logps(hidden, weight, (next_ids, extra_ids, unshifted_ids), chunk_size)
-    sums = logit_sums(hidden, weight)  # [2B, T]
+    cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap (None elsewhere), as in loss.py
+    nxt, extra, unshifted = token_logps(hidden, weight, (next_ids, extra_ids, unshifted_ids), chunk_size, cap)
+    sums = logit_sums(hidden, weight, cap)  # [2B, T]
     f64 = lambda x: x.double().cpu()  # noqa: E731
     return BatchScores(N // 2, f64(nxt), next_ids.cpu(), response.cpu(), f64(extra), extra_mask.cpu(),
                        f64(unshifted), unshifted_mask.cpu(), f64(sums), weight.shape[0], official_pad_id)

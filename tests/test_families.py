@@ -195,3 +195,22 @@ def test_cli_generate_chat_equals_transformers(tmp_path, capsys, arch, template,
     assert main(["generate", "--model", str(folder), "--prompt", messages[0]["content"], "--chat",
                  "--max-new-tokens", "12"]) == 0
     assert capsys.readouterr().out == tok.decode(want, skip_special_tokens=True) + "\n"
+
+
+def test_conformance_scores_use_the_soft_cap(pair):
+    """conventions.score_batch (what `minorpo conformance` measures) on the soft-capped Gemma: its log P(next
+    token) equals transformers' log_softmax of its own (capped) logits, on rows that fill every position (so its
+    0..T-1 position ids are transformers' default too). float32: TOL."""
+    from minorpo.conventions import score_batch
+    hf, ours = pair("gemma3-softcap-untied")
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 256, (2, 14), generator=g)
+    labels = ids.clone()
+    labels[:, :6] = -100
+    ones = torch.ones_like(ids)
+    batch = {"chosen_input_ids": ids[:1], "chosen_attention_mask": ones[:1], "chosen_labels": labels[:1],
+             "rejected_input_ids": ids[1:], "rejected_attention_mask": ones[1:], "rejected_labels": labels[1:]}
+    scores = score_batch(ours, batch, pad_id=0, official_pad_id=0, chunk_size=5)
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(ids).logits.double(), -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    assert_close(scores.next[:, :-1], logp, **TOL, what="conformance log-probs with the soft-cap")
