@@ -155,7 +155,9 @@ def load_state_dict(folder: Path, expected: dict[str, torch.Size], tied: bool, d
 
 
 def expected_model_name(expected) -> str:
-    return "OPT" if any(k.startswith("model.decoder.") for k in expected) else "Llama-family"
+    if any(k.startswith("model.decoder.") for k in expected):
+        return "OPT"
+    return "Gemma 3" if any(k.endswith("pre_feedforward_layernorm.weight") for k in expected) else "Llama-family"
 
 
 def load_model(model_id_or_dir, dtype: torch.dtype = torch.float32, revision: str | None = None,

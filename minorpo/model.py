@@ -24,7 +24,7 @@ Where this model departs from the textbook transformer (Vaswani et al. 2017):
   - no dropout anywhere: these checkpoints use none, and minorpo trains OPT without it too (TRL's ORPOTrainer
     also disables dropout by default).
 
-The attention-mask and KV-cache plumbing below (`KVCache`, `prepare_attention`) is shared with opt.py.
+The attention-mask and KV-cache plumbing below (`KVCache`, `prepare_attention`) is shared with opt.py and gemma3.py.
 """
 
 from __future__ import annotations

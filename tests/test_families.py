@@ -214,3 +214,19 @@ def test_conformance_scores_use_the_soft_cap(pair):
     with torch.no_grad():
         logp = torch.log_softmax(hf(ids).logits.double(), -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
     assert_close(scores.next[:, :-1], logp, **TOL, what="conformance log-probs with the soft-cap")
+
+
+def test_gemma3_strict_tensor_names(tmp_path):
+    """The loader's strictness on Gemma's own tensors: a missing post_feedforward_layernorm or an unknown tensor
+    is an error naming it (and the Gemma 3 model)."""
+    from safetensors.torch import load_file, save_file
+    _, folder = saved("gemma3", tmp_path / "m")
+    f = folder / "model.safetensors"
+    state = load_file(str(f))
+    missing = {k: v for k, v in state.items() if k != "model.layers.1.post_feedforward_layernorm.weight"}
+    save_file(missing, str(f), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="model.layers.1.post_feedforward_layernorm.weight"):
+        load_model(folder)
+    save_file({**state, "model.layers.0.mlp.extra.weight": torch.zeros(2)}, str(f), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="'model.layers.0.mlp.extra.weight'.*Gemma 3 model has no such"):
+        load_model(folder)
