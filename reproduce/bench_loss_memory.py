@@ -4,6 +4,7 @@ Claim (minorpo/logprobs.py): the chunked path never materializes the [N, T, V] f
 (forward + backward) grows with the chunk, not with N*T*V.
 
     python reproduce/bench_loss_memory.py [--tokens 16384] [--chunk-size 1024]
+    python reproduce/bench_loss_memory.py --tokens 8192 --vocab 262144 --hidden 640   # Gemma 3 270M's head
 
 What is measured: the peak of live tensor bytes created by the log-prob computation and its backward (the hidden
 states and the output-head weight exist beforehand and are not counted), for

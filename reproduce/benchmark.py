@@ -5,7 +5,8 @@ is worth on its own (--ablate).
 
 Claim (issue 7): on 2 CPU cores, SmolLM2-135M, ORPO + LoRA r=16 on q/k/v/o, 2 pairs a step, max length 256, HH-RLHF
 rows, minorpo's median step time and peak RSS are both <= 0.6x TRL's; the shared-prompt layout is >= 1.2x faster
-than the padded one at equal results.
+than the padded one at equal results. Issue 14: the same two goals on Gemma 3 270M (--model the Gemma fixture,
+vocabulary 262,144; results/benchmark/README.md has the command).
 
 The same work for both:
   * rows: the first --pool rows of --data that minorpo keeps and whose prompt + longer response fit in --max-length
