@@ -230,3 +230,33 @@ def test_gemma3_strict_tensor_names(tmp_path):
     save_file({**state, "model.layers.0.mlp.extra.weight": torch.zeros(2)}, str(f), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="'model.layers.0.mlp.extra.weight'.*Gemma 3 model has no such"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("arch,layout", [("qwen3", "padded"), ("gemma3-softcap-untied", "shared")])
+def test_cli_train_lora_all_linear_export_loads_in_transformers(tmp_path, arch, layout):
+    """`minorpo train` on a tiny checkpoint: ORPO, LoRA on every linear layer, gradient checkpointing, bf16
+    autocast, 2 steps in the padded or shared layout (the shared one runs the sliding window through the block
+    mask). The merged RUN/final is the transformers class of the input and gives the trained model's logits,
+    recomputed here from RUN/adapter loaded by PEFT on the input checkpoint (an independent path: transformers +
+    PEFT, float32; TOL); and training moved the logits (> 1e-3), so the comparison sees the adapter."""
+    peft = pytest.importorskip("peft")
+    from test_train import tiny_run_files
+
+    from minorpo.cli import main
+    folder, data = tiny_run_files(tmp_path / "in", arch=arch)
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(folder), "--data", str(data), "--out", str(out), "--lora-r", "4",
+                 "--lora-alpha", "8", "--lora-targets", "all-linear", "--lr", "0.05", "--warmup-steps", "0",
+                 "--max-steps", "2", "--eval-pairs", "4", "--eval-every", "0", "--max-length", "64",
+                 "--gradient-checkpointing", "--precision", "bf16", "--layout", layout, "--no-progress"]) == 0
+    ids = torch.randint(0, 43, (2, 13), generator=torch.Generator().manual_seed(0))  # the word tokenizer's ids
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        before = base(ids).logits
+        adapted = peft.PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+        want = adapted(ids).logits
+        merged = transformers.AutoModelForCausalLM.from_pretrained(str(out / "final"), dtype=torch.float32).eval()
+        got = merged(ids).logits
+    assert type(merged).__name__ == ARCHS[arch][0].replace("TextConfig", "ForCausalLM").replace("Config", "ForCausalLM")
+    assert (want - before).abs().max() > 1e-3
+    assert_close(got, want, **TOL, what=f"{arch}: merged export vs transformers + PEFT adapter")
