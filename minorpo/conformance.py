@@ -237,7 +237,9 @@ def _examples_batch(args, tokenizer, pad: int):
     except ValueError as e:  # e.g. --system with raw-text rows
         raise UserError(f"--data {args.data}: {e}") from None
     if len(data) == 0:
-        raise UserError(f"--data {args.data}: no usable pair. Drop report: {data.report.format()}")
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(data.report.counts().items()))
+        raise UserError(f"--data {args.data}: no usable pair: {data.report.rows_read} rows read, all dropped "
+                        f"({counts or 'no rows'}; `minorpo data inspect` lists them)")
     return collate_padded(list(data.examples), pad), f"{len(data)} pairs of {args.data}"
 
 

@@ -182,7 +182,7 @@ def _hub_files(repo_id: str, split, data_files, revision) -> list[Path]:
     except DataFileError:
         raise
     except Exception as e:  # offline, unknown repo, gated repo, network error
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {first_line(e)}"
         raise DataFileError(f"data source {repo_id!r} is not a local file or folder, and fetching it as a hub "
                             f"dataset failed ({why}). Pass a local .jsonl/.json/.parquet file or go online.") from e
 

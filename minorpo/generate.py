@@ -136,16 +136,18 @@ def check_cli(args) -> None:
         raise UserError("--system needs --chat (a system message is a chat-template turn)")
     check_device(args.device)
     check_local_model(args.model)
+    if args.chat:
+        from .tokenizer import load_tokenizer
+        if load_tokenizer(args.model, revision=args.revision).chat_template is None:
+            raise UserError(f"--chat: the tokenizer of {args.model} has no chat template (drop --chat to continue "
+                            f"the prompt as raw text)")
 
 
 def run_cli(args) -> int:
     from .loader import load
     check_cli(args)
     model, tok = load(args.model, dtype=DTYPES[args.dtype], revision=args.revision, device=args.device)
-    if args.chat:
-        if tok.chat_template is None:
-            raise UserError(f"--chat: the tokenizer of {args.model} has no chat template (drop --chat to continue "
-                            f"the prompt as raw text)")
+    if args.chat:  # check_cli made sure the tokenizer has a chat template
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                    [{"role": "user", "content": args.prompt}]
         prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minorpo.errors import UserError
 from minorpo.fileio import atomic_write
 
 # What "attention" means per architecture: Llama-family names and OPT's out_proj.
@@ -105,7 +106,7 @@ def _resolve_targets(model: nn.Module, targets) -> list:
     names = [n for n in linears if n.split(".")[-1] in suffixes]
     if not names:
         have = sorted({n.split(".")[-1] for n in linears})
-        raise ValueError(f"LoRA target modules {list(suffixes)} match no nn.Linear in the model; it has {have}")
+        raise UserError(f"LoRA target modules {list(suffixes)} match no nn.Linear in the model; it has {have}")
     return names
 
 

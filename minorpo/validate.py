@@ -87,7 +87,7 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
             raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard (or "
                             "pip install 'minorpo[tensorboard]'); metrics.jsonl is written either way")
     if model:
-        check_local_model(cfg.model)
+        check_local_model(cfg.model, lora_targets=cfg.lora_targets if cfg.lora_r > 0 else None)
     if data:
         check_local_data(cfg.data, split=cfg.split or None, data_files=cfg.data_files or None)
     if cfg.eval_data:
@@ -116,15 +116,28 @@ def check_device(name: str, option: str = "--device"):
     return device
 
 
-def check_local_model(name: str, option: str = "--model") -> None:
-    """A model given as a local folder must hold config.json (readable by minorpo), tokenizer.json and weights.
+def check_local_model(name: str, option: str = "--model", lora_targets: str | None = None) -> None:
+    """A model given as a local folder must hold config.json (readable by minorpo), tokenizer.json and weights;
+    lora_targets (--lora-targets) must name layers the model has, which a weightless copy on the meta device tells.
 
     Hub ids are checked when they are fetched (minorpo.loader.resolve)."""
+    import torch
+
     from minorpo.loader import read_config, resolve, weight_files
+    from minorpo.lora import _resolve_targets
+    from minorpo.model import build_model
     folder = resolve(name, local_only=True)
     if folder is None:
         return
-    read_config(folder)
+    config = read_config(folder)
+    if lora_targets is not None:
+        with torch.device("meta"):
+            skeleton = build_model(config)
+        targets = lora_targets if lora_targets in ("attention", "all-linear") else lora_targets.split(",")
+        try:
+            _resolve_targets(skeleton, targets)
+        except UserError as e:
+            raise UserError(f"--lora-targets {lora_targets}: {e}") from None
     if not (folder / "tokenizer.json").is_file():
         raise MissingFileError(f"{option} {name}: {folder / 'tokenizer.json'} not found (minorpo needs a fast "
                                f"tokenizer file, tokenizer.json)")
