@@ -75,6 +75,8 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
                         f"of module names")
     if cfg.unpadded and cfg.layout != "shared":
         raise UserError("--unpadded needs --layout shared")
+    if cfg.chunk_size == 0 and cfg.layout != "padded":
+        raise UserError("--chunk-size 0 (unchunked log-probs) works with --layout padded only")
     device = check_device(cfg.device)
     if cfg.attention == "flex" and device.type != "cuda":
         raise UserError(f"--attention flex trains on CUDA only (PyTorch's FlexAttention has no backward on "

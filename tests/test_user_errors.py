@@ -119,6 +119,8 @@ TRAIN = [
     ("unknown flag", lambda e: train_args(e, "--lamda", "0.1"), "unrecognized arguments: --lamda"),
     ("missing --data", lambda e: ["train", "--model", str(e["model"])], "--data is required"),
     ("unpadded without shared", lambda e: train_args(e, "--unpadded"), "--unpadded needs --layout shared"),
+    ("chunk-size 0 with shared", lambda e: train_args(e, "--chunk-size", "0", "--layout", "shared"),
+     "--chunk-size 0 (unchunked log-probs) works with --layout padded only"),
     ("flex on cpu", lambda e: train_args(e, "--attention", "flex", "--layout", "shared", "--device", "cpu"),
      "--attention flex trains on CUDA only"),
     ("device not a device", lambda e: train_args(e, "--device", "gpu0"), "--device 'gpu0': not a device"),
