@@ -24,6 +24,7 @@ def load_student(path: Path):
     """(module, None), or (None, why the file does not import)."""
     spec = importlib.util.spec_from_file_location("student_solution", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as for an imported module (dataclasses and pickling look themselves up there)
     sys.path.insert(0, str(path.parent))  # a student may keep helpers next to the file, as a script could
     try:
         spec.loader.exec_module(module)
