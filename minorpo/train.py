@@ -476,7 +476,10 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     # --- export
     if ddp.main and cfg.export:
         from minorpo.loader import save, source_dtype
-        dtype = source_dtype(source) if cfg.export_dtype == "auto" else getattr(torch, cfg.export_dtype)
+        if cfg.export_dtype != "auto":
+            dtype = getattr(torch, cfg.export_dtype)
+        else:  # the checkpoint's own dtype; a model passed in without a folder: its parameters' dtype
+            dtype = source_dtype(source) if source.is_dir() else next(model.parameters()).dtype
         if cfg.lora_r > 0:
             save_peft_adapter(model, out / "adapter", base_model_name_or_path=cfg.model)
             save(model, tokenizer, out / "final", state_dict=_merged(model), dtype=dtype, source=source)

@@ -82,7 +82,8 @@ def test_gemma_bos_policy(tmp_path):
     rows = [{"prompt": "hi", "chosen": " good", "rejected": " bad"},
             {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "good"}],
              "rejected": [{"role": "assistant", "content": "bad"}]}]
-    raw, chat = build_examples([(f"row {i}", r) for i, r in enumerate(rows)], tok, DataConfig(strict=True)).examples
+    # one file has one layout (data.detect_layout): the raw-text row and the chat row are two sources
+    raw, chat = (build_examples([(f"row {i}", r)], tok, DataConfig(strict=True)).examples[0] for i, r in enumerate(rows))
     assert raw.prompt_ids == [ID["<s>"], ID["hi"]]
     assert chat.prompt_ids[0] == ID["<s>"] and chat.prompt_ids.count(ID["<s>"]) == 1
     assert chat.prompt_ids == tok.apply_chat_template(rows[1]["prompt"], add_generation_prompt=True)

@@ -40,7 +40,7 @@ import torch
 from minorpo import objective
 from minorpo.data import DataConfig, load_preferences
 from minorpo.loader import load
-from minorpo.lora import lora_layers
+from minorpo.lora import apply_lora, lora_layers
 from minorpo.train import TrainConfig, train
 from test_train import write_data
 from tiny_models import saved
@@ -181,8 +181,10 @@ def test_first_five_losses_equal_trl_orpo_trainer(inputs, tmp_path, lora):
     assert set(rows) >= {p.where for p in order_pairs}, (sorted(rows)[:2], order_pairs[0].where)
     order = [rows[p.where] for p in order_pairs]
     lora_a = None
-    if lora:  # minorpo's initial A: the same seeded apply_lora, with no step taken
-        _, _, _, init = minorpo_run(inputs, tmp_path / "init", lr, lora, max_steps=0)
+    if lora:  # minorpo's initial A: train() seeds torch with cfg.seed (0) and draws nothing else before apply_lora
+        init, _ = load(inputs[0])
+        torch.manual_seed(0)
+        apply_lora(init, r=4, alpha=8, dropout=0.0, targets="attention")
         lora_a = {f"{n}.lora_A.weight": m.lora_A.weight.detach().clone() for n, m in lora_layers(init)}
     trainer, theirs = trl_run(inputs, tmp_path / "trl", lr, order, lora_a)
     assert_same_tokens(trainer, order_pairs)
