@@ -43,10 +43,11 @@ def float32_pair(gemma_dir):
 
 
 def test_tokenizer_matches_transformers(gemma_dir, float32_pair):
-    """Same ids as transformers' GemmaTokenizer, BOS included (Gemma's post-processor adds <bos>: id 2)."""
+    """Same ids as transformers' GemmaTokenizer, BOS included (Gemma's post-processor adds <bos>: id 2), on plain
+    text, whitespace runs, non-ASCII text and the chat template's special tokens written in the text."""
     _, tok, _ = float32_pair
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(gemma_dir))
-    for text in TEXTS:
+    for text in TEXTS + ["  leading spaces\tand tabs\n\n", "héllo wörld ✓ 🙂 <start_of_turn>user\nhi<end_of_turn>"]:
         ids = tok.encode(text, add_special_tokens=True)
         assert ids == hf_tok(text)["input_ids"] and ids[0] == tok.bos_token_id == 2
         assert tok.decode(ids, skip_special_tokens=True) == hf_tok.decode(ids, skip_special_tokens=True)
