@@ -111,8 +111,12 @@ def weight_files(folder: Path) -> dict[str, list[str]]:
     raise CheckpointError(f"{folder} has no model.safetensors or model.safetensors.index.json")
 
 
-def load_state_dict(folder: Path, expected: dict[str, torch.Size], tied: bool, dtype, device) -> dict:
-    """Read every tensor, checking names and shapes against `expected` (the model's own state_dict shapes)."""
+def load_state_dict(folder: Path, expected: dict[str, torch.Size], tied: bool, dtype, device, read=None) -> dict:
+    """Read every tensor, checking names and shapes against `expected` (the model's own state_dict shapes).
+
+    read(f, key, name): what to read of tensor `key` (the model's `name`) of the open file f, instead of all of it
+    (fsdp.py reads each rank's rows only, through f.get_slice).
+    """
     state, where = {}, {}
     for file, names in weight_files(folder).items():
         with safe_open(str(folder / file), framework="pt", device="cpu") as f:
@@ -138,11 +142,12 @@ def load_state_dict(folder: Path, expected: dict[str, torch.Size], tied: bool, d
                                           f"{expected_model_name(expected)} model has no such parameter")
                 if name in where:
                     raise CheckpointError(f"tensor {name!r} appears twice: in {where[name]} and in {file}")
-                t = f.get_tensor(key)
-                if t.shape != expected[name]:
-                    raise CheckpointError(f"tensor {key!r} in {folder / file} has shape {tuple(t.shape)}, the "
+                shape = tuple(f.get_slice(key).get_shape())
+                if shape != tuple(expected[name]):
+                    raise CheckpointError(f"tensor {key!r} in {folder / file} has shape {shape}, the "
                                           f"model expects {tuple(expected[name])} (config.json does not match "
                                           f"the weights?)")
+                t = f.get_tensor(key) if read is None else read(f, key, name)
                 state[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
                 where[name] = file
     missing = [n for n in expected if n not in state and not (tied and n == "lm_head.weight")]

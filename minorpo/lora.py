@@ -35,7 +35,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 class LoRALinear(nn.Module):
     """A linear layer with a frozen base weight and a trainable rank-r update."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, device=None):
         super().__init__()
         if r <= 0:
             raise ValueError(f"LoRA rank r must be positive, got {r}")
@@ -48,10 +48,12 @@ class LoRALinear(nn.Module):
         self.r, self.alpha = r, alpha
         self.scale = alpha / r
         # Adapter weights live in fp32 even if the base is bf16/fp16 (optimizer state follows the parameter
-        # dtype); a float64 base (tests) keeps float64.
+        # dtype); a float64 base (tests) keeps float64. `device`: where to create them (default: the base's; a
+        # base on the meta device, minorpo/fsdp.py, still gets real, seeded adapters).
         dtype = torch.float64 if base.weight.dtype == torch.float64 else torch.float32
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=base.weight.device, dtype=dtype)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=base.weight.device, dtype=dtype)
+        device = base.weight.device if device is None else device
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False
@@ -111,10 +113,10 @@ def _resolve_targets(model: nn.Module, targets) -> list:
 
 
 def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, dropout: float = 0.0,
-               targets="attention") -> list:
+               targets="attention", device=None) -> list:
     """Replace the target linears with LoRALinear in place, freeze everything else. Returns the adapted names.
 
-    After this call only the lora_A / lora_B weights have requires_grad=True.
+    After this call only the lora_A / lora_B weights have requires_grad=True. device: see LoRALinear.
     """
     names = _resolve_targets(model, targets)
     for p in model.parameters():
@@ -122,7 +124,7 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, dropout: floa
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(getattr(parent, child), r=r, alpha=alpha, dropout=dropout))
+        setattr(parent, child, LoRALinear(getattr(parent, child), r=r, alpha=alpha, dropout=dropout, device=device))
     model.lora_config = {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": sorted({n.split(".")[-1] for n in names})}
     return names
 
@@ -131,9 +133,10 @@ def lora_layers(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def lora_state_dict(model: nn.Module) -> dict:
-    """Only the adapter weights, under minorpo's (= the model's) key names."""
-    return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+def lora_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict:
+    """Only the adapter weights, under minorpo's (= the model's) key names (from state_dict, default the model's)."""
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    return {k: v for k, v in state_dict.items() if ".lora_A." in k or ".lora_B." in k}
 
 
 def merge_lora(model: nn.Module):
@@ -160,20 +163,24 @@ def lora_disabled(model: nn.Module):
             m.disabled = d
 
 
-def merged_state_dict(model: nn.Module) -> dict:
+def merged_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict:
     """A pure function of the model's weights: base keys only, each adapted weight replaced by W + (alpha/r) B A.
 
     The model itself is not changed. The result loads into the plain (un-adapted) model, or into transformers.
+    state_dict: the weights to merge (default the model's; fsdp.py passes the gathered full tensors).
     """
+    full = model.state_dict() if state_dict is None else state_dict
     sd = {}
     adapted = dict(lora_layers(model))
-    for k, v in model.state_dict().items():
+    for k, v in full.items():
         if ".lora_A." in k or ".lora_B." in k:
             continue
         module_name, _, leaf = k.rpartition(".")
         m = adapted.get(module_name)
         if m is not None and leaf == "weight" and not m.merged:
-            v = (v.float() + m.delta_weight().float()).to(v.dtype)
+            B, A = full[module_name + ".lora_B.weight"], full[module_name + ".lora_A.weight"]
+            delta = m.scale * (B @ A)  # = m.delta_weight(), from these weights
+            v = (v.float() + delta.float()).to(v.dtype)
         sd[k] = v.detach()
     return sd
 
@@ -184,8 +191,9 @@ def merged_state_dict(model: nn.Module) -> dict:
 PEFT_PREFIX = "base_model.model."
 
 
-def save_peft_adapter(model: nn.Module, out_dir, base_model_name_or_path: str = "") -> Path:
-    """Write a PEFT-loadable LoRA adapter folder (no peft import needed to write it)."""
+def save_peft_adapter(model: nn.Module, out_dir, base_model_name_or_path: str = "",
+                      state_dict: dict | None = None) -> Path:
+    """Write a PEFT-loadable LoRA adapter folder (no peft import needed to write it); state_dict as lora_state_dict."""
     from safetensors.torch import save_file
 
     cfg = getattr(model, "lora_config", None)
@@ -193,7 +201,7 @@ def save_peft_adapter(model: nn.Module, out_dir, base_model_name_or_path: str = 
         raise ValueError("model has no LoRA adapters (call apply_lora first)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model).items()}
+    tensors = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model, state_dict).items()}
     adapter_config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",

@@ -18,7 +18,7 @@ At the end: the LoRA adapter as a PEFT folder (RUN/adapter) and a merged, transf
 Under torchrun the same script runs data-parallel (nccl on CUDA, gloo on CPU): each rank takes its share of every
 global batch, and before the optimizer step the ranks' gradients are summed with one all-reduce (what
 DistributedDataParallel does, written out: Distributed.sum_gradients); metrics are averaged across ranks, and
-rank 0 alone writes files.
+rank 0 alone writes files. With --fsdp (minorpo/fsdp.py) the ranks hold shards of the model instead of copies.
 """
 
 import argparse
@@ -127,6 +127,13 @@ class TrainConfig:
                                                               "first use). Not yet timed against sdpa on a GPU",
                                                       "choices": ["sdpa", "flex"]})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
+    fsdp: bool = field(default=False, metadata={"help": "under torchrun: shard parameters, gradients and AdamW state over the "
+                                                        "ranks (PyTorch FSDP2, minorpo/fsdp.py) instead of replicating them"})
+    fsdp_cpu_offload: bool = field(default=False, metadata={"help": "with --fsdp: keep the shards, gradients and optimizer "
+                                                                    "state in CPU memory"})
+    reshard_after_forward: bool = field(default=True, metadata={"help": "with --fsdp: free each block's gathered weights "
+                                                                        "after its forward (--no-reshard-after-forward "
+                                                                        "keeps them until backward: ZeRO-2-like)"})
     # --- bookkeeping
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps and at the last step (0 = only at the last step; -1 = never, "
                                                             "for sweeps and benchmarks that need only metrics)"})
@@ -286,7 +293,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     """
     check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/validate.py)
     device = pick_device(cfg.device)
-    ddp = Distributed(device)
+    if cfg.fsdp or cfg.fsdp_cpu_offload or not cfg.reshard_after_forward:
+        from minorpo import fsdp
+        fsdp.check(cfg)
+    ddp = fsdp.ShardedDistributed(device) if cfg.fsdp else Distributed(device)
     start = runs.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
     if start.finished:
         rows = runs.read_rows(Path(cfg.out) / "metrics.jsonl")
@@ -345,17 +355,21 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
         f"({cfg.batch_size} x {cfg.grad_accum} accumulation x {ddp.world} ranks)")
 
     # --- model
-    if model is None:
-        from minorpo.loader import load_model
-        dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
-        model = load_model(source, dtype=dtype)
-    model.to(device)
-    if cfg.precision == "bf16-weights":  # a model passed in as float32 (the loader above already gives bf16)
-        model.to(dtype=torch.bfloat16)
-    if cfg.lora_r > 0:
-        targets = cfg.lora_targets if cfg.lora_targets in ("attention", "all-linear") else cfg.lora_targets.split(",")
-        apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=targets)
+    if cfg.fsdp:  # read shard by shard into a sharded model, LoRA included
+        from minorpo import fsdp
+        model = fsdp.build(cfg, device, ddp, source, model)
+    else:
+        if model is None:
+            from minorpo.loader import load_model
+            dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
+            model = load_model(source, dtype=dtype)
         model.to(device)
+        if cfg.precision == "bf16-weights":  # a model passed in as float32 (the loader above already gives bf16)
+            model.to(dtype=torch.bfloat16)
+        if cfg.lora_r > 0:
+            targets = cfg.lora_targets if cfg.lora_targets in ("attention", "all-linear") else cfg.lora_targets.split(",")
+            apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=targets)
+            model.to(device)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     reference = None
     if cfg.method == "dpo" and cfg.lora_r == 0:  # full fine-tuning: DPO needs a frozen copy as its reference
@@ -388,7 +402,8 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start_step = 0
     if start.checkpoint is not None:
-        state = load_checkpoint(start.checkpoint, model, optimizer, scheduler, master=master)
+        state = (fsdp.load_checkpoint(start.checkpoint, model, optimizer, scheduler, ddp) if cfg.fsdp
+                 else load_checkpoint(start.checkpoint, model, optimizer, scheduler, master=master))
         start_step = state["step"]
         log(f"resumed from {start.checkpoint} (step {start_step}, {state['pairs_seen']} pairs seen)")
     if ddp.main:
@@ -440,8 +455,10 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
         # normalizers over the whole global batch (all micro-batches, all ranks): see objective.py
         counts = objective.count_targets([train_set[i] for i in idx], spec)
         sums = {}
-        for chunk in micro:
+        for k, chunk in enumerate(micro):
             batch = collate([train_set[i] for i in chunk], pad_id, device)
+            if cfg.fsdp:  # reduce-scatter the gradients in the last micro-batch's backward only
+                model.set_requires_gradient_sync(k == len(micro) - 1)
             with autocast, compiled_head(cfg.compile):  # --compile: the output head's elementwise work fused too
                 loss, parts = objective.loss_and_metrics(model, batch, spec, counts, reference=reference)
             loss.backward()  # gradients add up over micro-batches
@@ -449,6 +466,8 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
                 sums[key] = sums.get(key, 0.0) + v
         ddp.sum_gradients(params)  # and over ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        if cfg.fsdp:
+            grad_norm = grad_norm.full_tensor()  # a DTensor: the norm over all ranks' shards
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if master is not None:
@@ -463,8 +482,11 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
             row.update(evaluate(step + 1))
         metrics.write(row)
         last = row
-        if ddp.main and cfg.save_every >= 0 and (step + 1 == cfg.max_steps or
-                                                   (cfg.save_every and (step + 1) % cfg.save_every == 0)):
+        due = cfg.save_every >= 0 and (step + 1 == cfg.max_steps or (cfg.save_every and (step + 1) % cfg.save_every == 0))
+        if cfg.fsdp and due:  # every rank writes its shards
+            fsdp.save_checkpoint(out, step + 1, model, optimizer, scheduler, {"pairs_seen": (step + 1) * global_batch},
+                                 keep=cfg.keep_checkpoints, ddp=ddp)
+        elif ddp.main and due:
             save_checkpoint(out, step + 1, model, optimizer, scheduler,
                             {"pairs_seen": (step + 1) * global_batch}, keep=cfg.keep_checkpoints,
                             weights=master.state_dict() if master is not None else None)
@@ -474,7 +496,9 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     metrics.close()
 
     # --- export
-    if ddp.main and cfg.export:
+    if cfg.fsdp and cfg.export:  # every rank gathers, rank 0 writes
+        fsdp.export(model, tokenizer, cfg, out, ddp, source)
+    elif ddp.main and cfg.export:
         from minorpo.loader import save, source_dtype
         if cfg.export_dtype != "auto":
             dtype = getattr(torch, cfg.export_dtype)
