@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+
 from minorpo.errors import MissingFileError, UserError
 
 
@@ -144,7 +145,6 @@ def check_local_model(name: str, option: str = "--model", lora_targets: str | No
         raise MissingFileError(f"{option} {name}: {folder / 'tokenizer.json'} not found (minorpo needs a fast "
                                f"tokenizer file, tokenizer.json)")
     weight_files(folder)
-
 
 
 def check_local_data(source, option: str = "--data", **select) -> None:

@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,6 @@ from minorpo.cli import main
 from tiny_models import saved
 from tiny_tokenizers import word_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 GOOD = [{"prompt": f"hi {w} ?", "chosen": " fine thanks", "rejected": " go away"} for w in ("how", "what", "you")]
 
 
@@ -125,6 +123,10 @@ TRAIN = [
      "--attention flex trains on CUDA only"),
     ("device not a device", lambda e: train_args(e, "--device", "gpu0"), "--device 'gpu0': not a device"),
     ("model typo, no hub lookup", lambda e: train_args(e, model="tinyy"), "tinyy: no such model folder"),
+    ("model hub id not found offline", lambda e: train_args(e, model="someorg/no-such-model"),
+     "someorg/no-such-model: no such local folder, and fetching it from the Hugging Face Hub failed (HF_HUB_OFFLINE"),
+    ("data hub id not found offline", lambda e: train_args(e, data="someorg/no-such-dataset"),
+     "'someorg/no-such-dataset' is not a local file or folder, and fetching it as a hub dataset failed"),
     ("model path typo", lambda e: train_args(e, model=e["root"] / "modell" / "final"),
      "modell/final: no such model folder ({root} exists, modell/final in it does not)"),
     ("model is a file", lambda e: train_args(e, model=e["good.jsonl"]), "good.jsonl is a file, not a model folder"),
