@@ -30,6 +30,7 @@ import torch
 
 from .conventions import DIMENSIONS, KNOWN, Predictor, combinations, score_batch
 from .errors import UserError
+from .layouts import LAYOUTS
 
 # the quantities compared, in the order printed
 QUANTITIES = ["loss", "nll_loss", "odds_ratio_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen",
@@ -296,8 +297,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--split", default=None, help="split of a folder or hub dataset")
     p.add_argument("--data-files", default=None, help="glob of files inside a folder or hub dataset")
     p.add_argument("--limit", type=int, default=8, help="use the first N usable pairs, as ONE batch (default 8)")
-    p.add_argument("--format", default="auto", choices=["auto", "standard", "conversational", "implicit"],
-                   help="row format (minorpo.data.DataConfig)")
+    p.add_argument("--format", default="auto", choices=["auto", *LAYOUTS],
+                   help="row layout: auto (detected from the first rows) or one of minorpo/layouts.py's")
     p.add_argument("--template", default="auto", choices=["auto", "chat", "raw"], help="chat template or raw text")
     p.add_argument("--system", default=None, help="a system prompt added to chat-template prompts (LLaMA-Factory's "
                                                   "templates add their default one)")
