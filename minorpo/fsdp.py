@@ -207,7 +207,8 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler, extra: dict, kee
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, ddp) -> dict:
-    """Restore the shards (DCP reshards if the world size changed), AdamW state, scheduler and this rank's RNG."""
+    """Restore the shards, AdamW state, scheduler and this rank's RNG. (DCP can also load into another world size;
+    minorpo's tests resume at the same one only, the case that is bit-exact.)"""
     if not (path / ".metadata").exists():
         raise UserError(f"{path} is not an --fsdp checkpoint (no .metadata): resume it without --fsdp")
     model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)  # the layout to load into

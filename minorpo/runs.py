@@ -27,7 +27,8 @@ RUN_ENTRIES = set(RUN_MARKERS) | {"run_info.json", "data_report.json", "resumes.
 # what a resumed run may change: how long it runs, how often it evaluates / saves / logs, and how (not what) it
 # computes. max_steps: the lr schedule then decays towards the new end (train.lr_lambda).
 RESUMABLE = ("max_steps", "eval_every", "save_every", "keep_checkpoints", "export", "export_dtype", "report_to",
-             "threads", "device", "gradient_checkpointing", "chunk_size", "compile", "cudnn_attention")
+             "threads", "device", "gradient_checkpointing", "chunk_size", "compile", "cudnn_attention",
+             "fsdp_cpu_offload", "reshard_after_forward")
 NOT_SETTINGS = ("out", "resume", "overwrite", "progress")  # where and how to run, not what: never compared
 
 

@@ -179,8 +179,9 @@ def test_bf16_policy_equals_one_process_to_bf16_accuracy(inputs, tmp_path):
 def test_sigkill_then_resume_is_bit_exact(inputs, tmp_path):
     """An --fsdp run killed (SIGKILL to torchrun and both ranks) after a sharded checkpoint and resumed ends with
     exactly the adapter and merged export of an uninterrupted --fsdp run: AdamW (its state sharded in the
-    checkpoint), LoRA dropout (each rank's RNG state restored), 2 micro-batches, a warmup + cosine schedule. CPU,
-    same world size: deterministic, so bit-equal. (Not compared with one process: under dropout each rank draws
+    checkpoint), LoRA dropout (each rank's RNG state restored), 2 micro-batches, a warmup + cosine schedule; resumed
+    with CPU offload and --no-reshard-after-forward switched on (memory switches a resume may change, runs.py).
+    CPU, same world size: deterministic, so bit-equal. (Not compared with one process: under dropout each rank draws
     its own masks.)"""
     kw = dict(optimizer="adamw", lr=0.01, warmup_steps=3, schedule="cosine", lora_dropout=0.1, max_steps=24,
               save_every=4, batch_size=1, grad_accum=2)
@@ -198,7 +199,7 @@ def test_sigkill_then_resume_is_bit_exact(inputs, tmp_path):
     proc.wait()
     killed_at = max(int(p.name.split("-")[1]) for p in list_checkpoints(out))
     assert killed_at < 24 and not (out / "final").exists()
-    r = torchrun(inputs, out, resume="latest", **kw)
+    r = torchrun(inputs, out, resume="latest", fsdp_cpu_offload=True, reshard_after_forward=False, **kw)
     assert "resumed from" in r.stdout
     for f in ("adapter/adapter_model.safetensors", "final/model.safetensors"):
         whole, resumed = load_file(tmp_path / "whole" / f), load_file(out / f)
