@@ -109,6 +109,9 @@ def _points(ax, rows, key, label, color):
     x, y = series(rows, key)
     if x:
         ax.plot(x, y, "o--", color=color, markersize=6, linewidth=1.5, label=f"{label} (held-out)")
+        for xi, yi in zip(x, y):  # the numbers a reader compares, written beside the markers
+            ax.annotate(f"{yi:.3g}", (xi, yi), textcoords="offset points", xytext=(0, 7), ha="center",
+                        fontsize=7, color=color)
     return bool(x)
 
 

@@ -113,7 +113,7 @@ def prepare(cfg, log=print, main=True) -> Start:
         if others:
             raise UserError(f"--overwrite: {out} also holds {', '.join(others[:5])}, which a minorpo run does "
                             "not write; nothing was deleted (move them, or choose another --out)")
-        what = describe(out)
+        what = describe(out) if main else ""  # (another rank may be deleting it)
         if main:
             shutil.rmtree(out)
         log(f"--overwrite: deleted the previous run in {out} ({what})")

@@ -228,3 +228,13 @@ def test_resume_flag_takes_an_optional_path():
     parse = lambda *a: config_from_args(build_parser("train").parse_args(["train", "--model", "m", "--data", "d", *a]))
     assert parse().resume == "" and parse("--resume").resume == "latest"
     assert parse("--resume", "runs/x/checkpoints/step-000010").resume == "runs/x/checkpoints/step-000010"
+
+
+def test_resume_from_another_runs_checkpoint_is_a_named_error(inputs, tmp_path):
+    """--resume PATH to a checkpoint of a run with another LoRA rank: one error naming the file, not torch's
+    'size mismatch' from deep inside load_state_dict."""
+    _train(inputs, tmp_path / "r2", lora_r=2, lora_alpha=4)
+    _train(inputs, tmp_path / "r4", max_steps=1)
+    with pytest.raises(UserError, match=r"r2/checkpoints/step-000001/weights.safetensors does not match this "
+                                        r"model's trainable weights .*other shape \['model.layers.0"):
+        _train(inputs, tmp_path / "r4", resume=str(tmp_path / "r2" / "checkpoints" / "step-000001"))
