@@ -167,8 +167,9 @@ def _load_shards(model, folder, expected, adapters, ddp):
 # checkpoints: RUN/checkpoints/step-N/ holds DCP's files (.metadata and one __RANK_0.distcp per rank, written in
 # parallel: the trainable weights and AdamW state, sharded), trainer_state.json and .safetensors (step, scheduler,
 # every rank's RNG states) and MANIFEST.json, published as in checkpoint.py (temporary folder, checksums, fsync,
-# rename). DCP's files are read without pickle (its metadata file is its own format). The ranks must share the run
-# folder's file system (one machine, or a shared mount).
+# rename). Unlike checkpoint.py's files, one of DCP's is a pickle: PyTorch 2.13 reads .metadata with pickle.load
+# (the tensors with torch.load(weights_only=True)), so resume --fsdp checkpoints you wrote, not ones from elsewhere.
+# The ranks must share the run folder's file system (one machine, or a shared mount).
 
 OPTIONS = StateDictOptions(ignore_frozen_params=True)  # LoRA: the frozen base is not saved (it is cfg.model)
 
@@ -225,9 +226,10 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ddp) -> dict:
 
 
 def export(model, tokenizer, cfg, out: Path, ddp, source):
-    """RUN/adapter and RUN/final as without --fsdp (dtype: --export-dtype), written by rank 0. Every rank takes part in gathering: the
-    full tensors are all-gathered one parameter at a time and moved to rank 0's CPU memory (cpu_offload=True:
-    the other ranks keep nothing), so no GPU ever holds more than one full parameter beyond its shards."""
+    """RUN/adapter and RUN/final as without --fsdp (in --export-dtype), written by rank 0. Every rank takes part in
+    gathering: the full tensors are all-gathered one parameter at a time and moved to rank 0's CPU memory
+    (cpu_offload=True: the other ranks keep nothing), so no GPU holds more than one full parameter beyond its
+    shards; rank 0's CPU memory holds the whole model (float32: 4 bytes a parameter) while it is written."""
     from minorpo.loader import save, source_dtype
     from minorpo.lora import merged_state_dict, save_peft_adapter
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -22,7 +22,6 @@ What is measured, in this one process acting as rank 0 of W (a fake process grou
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,8 +86,8 @@ def sharded_state_bytes(config, world: int, lora_r: int, step: bool) -> dict:
             return sum(t.to_local().numel() * t.element_size() for t in ts)
         moments = [v for s in optimizer.state.values() for k, v in s.items() if k != "step"]
         return {"params": local_bytes(model.parameters()), "grads": local_bytes(p.grad for p in trainable),
-                "optimizer": local_bytes(moments),
-                "n_params": sum(p.numel() for p in model.parameters()), "n_trainable": sum(p.numel() for p in trainable)}
+                "optimizer": local_bytes(moments), "n_params": sum(p.numel() for p in model.parameters()),
+                "n_trainable": sum(p.numel() for p in trainable)}
     finally:
         dist.destroy_process_group()
 

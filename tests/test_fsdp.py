@@ -108,7 +108,8 @@ def test_lora_with_accumulation_checkpointing_offload_equals_one_process(inputs,
     one_process(inputs, tmp_path / "one", batch_size=4, **kw)
     launcher = tmp_path / "rank.py"  # each rank also reports the threads left after train() (see test_train.py)
     launcher.write_text(RANK_SCRIPT)
-    torchrun(inputs, tmp_path / "two", script=launcher, env={"THREADS_DIR": str(tmp_path)}, batch_size=1, grad_accum=2, fsdp_cpu_offload=True, **kw)
+    torchrun(inputs, tmp_path / "two", script=launcher, env={"THREADS_DIR": str(tmp_path)}, batch_size=1, grad_accum=2,
+             fsdp_cpu_offload=True, **kw)
     for rank in (0, 1):
         names = (tmp_path / f"rank{rank}").read_text().split()
         assert "python" in names and not any("gloo" in n for n in names), (rank, names)
@@ -151,28 +152,34 @@ def test_full_fine_tuning_with_clipping_equals_one_process(inputs, tmp_path):
 
 def test_bf16_policy_equals_one_process_to_bf16_accuracy(inputs, tmp_path):
     """--precision bf16 under --fsdp is FSDP's MixedPrecisionPolicy (bf16 compute, float32 shards, float32
-    reduce-scatter); without --fsdp it is autocast over float32 weights. One SGD step of full fine-tuning over
-    the same 4 pairs; the update ||u_fsdp - u_one|| / ||u_one|| per tensor. Both compute in bf16 (8 significant
-    bits), rounding in different places (here the weights and the embedding output are bf16 too, and two ranks
-    each round half of the batch's gradient): a few 2^-9 expected; tolerance 2^-5. The embedding is the least
-    exact, as in test_train.py's bf16 test (PyTorch's CPU embedding backward sums a token's occurrences in bf16):
-    tolerance 2^-3. A missing or doubled sum over ranks changes an update by half or all of itself."""
+    reduce-scatter). One SGD step of full fine-tuning over the same 4 pairs; per tensor the update difference
+    ||u_2 - u_1|| / ||u_1||.
+    Oracle 1, the same policy in one process (torchrun, 1 rank, 4 pairs): the gradients are bf16 (8 significant
+    bits); one process rounds the batch's gradient once, two ranks round each half and add in float32: ~2^-9
+    (measured 2.1e-3 to 2.7e-3): tolerance 2^-6; the embedding 2^-4 (measured 1.6e-2: PyTorch's CPU embedding
+    backward sums a token's occurrences in bf16, as in test_train.py's bf16 test, which measured the same numbers).
+    Oracle 2, the plain path's --precision bf16 (autocast over float32 weights, one process): the policy also keeps
+    the residual stream and norm weights in bf16 where autocast keeps float32, so every update differs by ~1%
+    (measured 0.9e-2 to 2.3e-2): tolerance 2^-4. A missing or doubled sum over ranks changes an update by half or
+    all of itself."""
     kw = dict(lora_r=0, max_steps=1, precision="bf16")
-    one_process(inputs, tmp_path / "one", batch_size=4, **kw)
+    one_process(inputs, tmp_path / "autocast", batch_size=4, **kw)
+    torchrun(inputs, tmp_path / "one", nproc=1, batch_size=4, **kw)
     torchrun(inputs, tmp_path / "two", batch_size=2, **kw)
-    one = load_file(tmp_path / "one" / "final" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "final" / "model.safetensors")
     base = load_file(inputs[0] / "model.safetensors")
-    errs = {}
-    for k in one:
-        assert two[k].dtype == torch.float32  # the shards (master weights) are exported
-        u1, u2 = one[k] - base[k], two[k] - base[k]
-        errs[k] = ((u2 - u1).norm() / u1.norm()).item()
-    embed = errs.pop("model.embed_tokens.weight")
-    print(f"\nFSDP bf16 policy vs one-process autocast: update rel. difference <= {max(errs.values()):.2e} "
-          f"(embedding {embed:.2e})")
-    assert embed <= 2 ** -3, embed
-    assert all(e <= 2 ** -5 for e in errs.values()), errs
+    two = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    for oracle, tol, tol_embed in (("one", 2 ** -6, 2 ** -4), ("autocast", 2 ** -4, 2 ** -4)):
+        ref = load_file(tmp_path / oracle / "final" / "model.safetensors")
+        errs = {}
+        for k in ref:
+            assert two[k].dtype == torch.float32  # the shards (master weights) are exported
+            u1, u2 = ref[k] - base[k], two[k] - base[k]
+            errs[k] = ((u2 - u1).norm() / u1.norm()).item()
+        embed = errs.pop("model.embed_tokens.weight")
+        print(f"\nFSDP bf16 policy, 2 ranks vs {oracle}: update rel. difference <= {max(errs.values()):.2e} "
+              f"(embedding {embed:.2e})")
+        assert embed <= tol_embed, (oracle, embed)
+        assert all(e <= tol for e in errs.values()), (oracle, errs)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc (Linux)")
