@@ -73,8 +73,8 @@ def test_logits_and_greedy_text_match_transformers(gemma_dir, float32_pair):
 
 
 def test_orpo_lora_steps_export_loads_in_transformers(gemma_dir, float32_pair, hh_rlhf_file, tmp_path):
-    """2 ORPO + LoRA (every linear layer) steps on raw HH-RLHF text: the loss is finite, the merged RUN/final is
-    a Gemma3ForCausalLM for transformers with the trained model's logits (float32; tolerance 2e-3 for logits of
+    """2 ORPO + LoRA (every linear layer) steps on raw HH-RLHF text: the loss is finite, the merged RUN/final
+    (exported in float32) is a Gemma3ForCausalLM for transformers with the trained model's logits (float32; tolerance 2e-3 for logits of
     size ~20: merging rounds W + (alpha/r) B A to float32, ~1e-7 relative per weight, through 18 layers), and the
     training moved the logits (by more than 1e-2, or the comparison would not show the adapter was exported)."""
     from minorpo.train import TrainConfig, train
@@ -84,7 +84,8 @@ def test_orpo_lora_steps_export_loads_in_transformers(gemma_dir, float32_pair, h
     cfg = TrainConfig(model=str(gemma_dir), data=str(hh_rlhf_file), out=str(out), method="orpo", lam=0.1,
                       lora_r=8, lora_alpha=16, lora_targets="all-linear", lr=1e-3, warmup_steps=0,
                       schedule="constant", max_steps=2, batch_size=2, max_length=48, max_pairs=4, eval_pairs=0,
-                      eval_every=0, save_every=0, progress=False, device="cpu")
+                      eval_every=0, save_every=0, progress=False, device="cpu",
+                      export_dtype="float32")  # "auto" would write the checkpoint's own bf16: here the merge is checked
     last = train(cfg, model=model, tokenizer=tok)
     assert torch.isfinite(torch.tensor(last["loss"]))
     ids = torch.tensor([tok.encode(TEXTS[1], add_special_tokens=True)])
