@@ -13,15 +13,26 @@ import torch
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def fixture_dir(variable: str, tool: str) -> Path:
+    """The real-model folder named by the environment variable, or skip the test."""
+    path = os.environ.get(variable)
+    if not path:
+        pytest.skip(f"{variable} not set (build it with ../shared/tools/{tool})")
+    if not Path(path, "config.json").exists():
+        pytest.skip(f"{variable}={path} has no config.json")
+    return Path(path)
+
+
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
     """The SmolLM2 fixture folder, or skip."""
-    path = os.environ.get("MINORPO_TEST_MODEL")
-    if not path:
-        pytest.skip("MINORPO_TEST_MODEL not set (build it with ../shared/tools/make-smollm2-fixture)")
-    if not Path(path, "config.json").exists():
-        pytest.skip(f"MINORPO_TEST_MODEL={path} has no config.json")
-    return Path(path)
+    return fixture_dir("MINORPO_TEST_MODEL", "make-smollm2-fixture")
+
+
+@pytest.fixture(scope="session")
+def gemma_dir() -> Path:
+    """The Gemma 3 270M base fixture folder (MINORPO_TEST_GEMMA), or skip."""
+    return fixture_dir("MINORPO_TEST_GEMMA", "make-gemma3-fixture")
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,6 @@ Short inputs keep this cheap (the model is 268M parameters): a few texts of unde
 tests/test_families.py and the tiny Gemma models check the window itself, with a window of 4.
 """
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,16 +20,6 @@ pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 transformers = pytest.importorskip("transformers")
 
 TEXTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:", "Hello, my name is"]
-
-
-@pytest.fixture(scope="module")
-def gemma_dir() -> Path:
-    path = os.environ.get("MINORPO_TEST_GEMMA")
-    if not path:
-        pytest.skip("MINORPO_TEST_GEMMA not set (build it with ../shared/tools/make-gemma3-fixture)")
-    if not Path(path, "config.json").exists():
-        pytest.skip(f"MINORPO_TEST_GEMMA={path} has no config.json")
-    return Path(path)
 
 
 @pytest.fixture(scope="module")
