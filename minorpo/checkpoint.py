@@ -130,6 +130,12 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, extra: dict
     save_file({**opt_tensors, **rng_tensors}, str(tmp / "trainer_state.safetensors"))
     values = {"step": step, **extra, "scheduler": scheduler.state_dict(), "optimizer": opt_values, "rng": rng_values}
     (tmp / "trainer_state.json").write_text(json.dumps(values))
+    return publish(tmp, final, step, run_dir, keep)
+
+
+def publish(tmp: Path, final: Path, step: int, run_dir, keep: int) -> Path:
+    """Make the finished folder `tmp` checkpoint `final`: a manifest of its files' sizes and checksums, fsync, one
+    atomic rename, then delete all but the newest `keep` checkpoints. (fsdp.save_checkpoint publishes this way too.)"""
     files = sorted(p.name for p in tmp.iterdir())
     manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in files}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=1))

@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from minorpo.checkpoint import MANIFEST, _sha256, list_checkpoints, rng_state, set_rng_state
+from minorpo.checkpoint import publish, rng_state, set_rng_state
 from minorpo.errors import UserError
 from minorpo.train import Distributed
 
@@ -166,7 +166,7 @@ def _load_shards(model, folder, expected, adapters, ddp):
 # ----------------------------------------------------------------------------------------------------------
 # checkpoints: RUN/checkpoints/step-N/ holds DCP's files (.metadata and one __RANK_0.distcp per rank, written in
 # parallel: the trainable weights and AdamW state, sharded), trainer_state.json and .safetensors (step, scheduler,
-# every rank's RNG states) and MANIFEST.json, published as in checkpoint.py (temporary folder, checksums, fsync,
+# every rank's RNG states) and MANIFEST.json, published by checkpoint.publish (temporary folder, checksums, fsync,
 # rename). Unlike checkpoint.py's files, one of DCP's is a pickle: PyTorch 2.13 reads .metadata with pickle.load
 # (the tensors with torch.load(weights_only=True)), so resume --fsdp checkpoints you wrote, not ones from elsewhere.
 # The ranks must share the run folder's file system (one machine, or a shared mount).
@@ -192,17 +192,7 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler, extra: dict, kee
         values = {"step": step, **extra, "scheduler": scheduler.state_dict(), "world_size": ddp.world,
                   "rng": [v for _, v in rngs]}
         (tmp / "trainer_state.json").write_text(json.dumps(values))
-        files = sorted(p.name for p in tmp.iterdir())
-        manifest = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in files}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, final, step, run_dir, keep)
     dist.barrier()
     return final
 
