@@ -293,9 +293,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     """
     check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/validate.py)
     device = pick_device(cfg.device)
-    if cfg.fsdp or cfg.fsdp_cpu_offload or not cfg.reshard_after_forward:
+    if cfg.fsdp:
         from minorpo import fsdp
-        fsdp.check(cfg)
     ddp = fsdp.ShardedDistributed(device) if cfg.fsdp else Distributed(device)
     start = runs.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
     if start.finished:

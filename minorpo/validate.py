@@ -95,6 +95,9 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
         check_local_data(cfg.data, split=cfg.split or None, data_files=cfg.data_files or None)
     if cfg.eval_data:
         check_local_data(cfg.eval_data, "--eval-data", split=cfg.eval_split or None)
+    if cfg.fsdp or cfg.fsdp_cpu_offload or not cfg.reshard_after_forward:
+        from minorpo.fsdp import check  # what --fsdp and its options need (imported only when they are used)
+        check(cfg)
 
 
 def check_device(name: str, option: str = "--device"):
