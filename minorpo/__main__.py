@@ -1,5 +1,5 @@
 import sys
 
-from minorpo.cli import main
+from minorpo.tools.cli import main
 
 sys.exit(main())

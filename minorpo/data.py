@@ -37,10 +37,10 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .datafiles import DataFileError, iter_rows  # noqa: F401  (DataFileError re-exported for users)
-from .errors import UserError
-from .layouts import LAYOUTS, SAMPLE_ROWS, detect_layout, parse, row_layout
-from .layouts import Bad as _Bad
+from minorpo.hf.datafiles import DataFileError, iter_rows  # noqa: F401  (DataFileError re-exported for users)
+from minorpo.errors import UserError
+from minorpo.hf.layouts import LAYOUTS, SAMPLE_ROWS, detect_layout, parse, row_layout
+from minorpo.hf.layouts import Bad as _Bad
 
 # reasons a row is dropped, with what they mean
 REASONS = {

@@ -1,7 +1,7 @@
 """One error style for every `minorpo` command.
 
 A mistake the user can fix (a flag, a file, a row) raises `UserError` with a message that names the flag, file
-or row. `minorpo.cli.main` prints it as one line, `minorpo: error: <message>`, and exits with status 2, the
+or row. `minorpo.tools.cli.main` prints it as one line, `minorpo: error: <message>`, and exits with status 2, the
 same as argparse does for a malformed command line. Set `MINORPO_DEBUG=1` (or pass `--debug` before the
 command) to see the traceback instead. Anything else that goes wrong is a bug in minorpo and keeps its traceback.
 """

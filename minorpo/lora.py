@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minorpo.errors import UserError
-from minorpo.fileio import atomic_write
+from minorpo.run.fileio import atomic_write
 
 # What "attention" means per architecture: Llama-family names and OPT's out_proj.
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj")
@@ -49,7 +49,7 @@ class LoRALinear(nn.Module):
         self.scale = alpha / r
         # Adapter weights live in fp32 even if the base is bf16/fp16 (optimizer state follows the parameter
         # dtype); a float64 base (tests) keeps float64. `device`: where to create them (default: the base's; a
-        # base on the meta device, minorpo/fsdp.py, still gets real, seeded adapters).
+        # base on the meta device, minorpo/run/fsdp.py, still gets real, seeded adapters).
         dtype = torch.float64 if base.weight.dtype == torch.float64 else torch.float32
         device = base.weight.device if device is None else device
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .logprobs import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, logit_sums, sequence_logps, shift_labels, token_logps,
+from minorpo.logprobs import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, logit_sums, sequence_logps, shift_labels, token_logps,
                        token_logps_reference)
 
 LN2 = math.log(2.0)
@@ -336,7 +336,7 @@ SHARED_PROMPT_KEYS = ("input_ids", "position_ids", "attention_mask", "chosen_tar
 def _require(batch: dict, keys: tuple[str, ...], layout: str) -> None:
     missing = [k for k in keys if k not in batch]
     if missing:
-        raise KeyError(f"{layout} batch lacks {missing} (has {sorted(batch)}); minorpo.collate builds both layouts")
+        raise KeyError(f"{layout} batch lacks {missing} (has {sorted(batch)}); minorpo.batches builds both layouts")
 
 
 def _need_pad_id(conv: Conventions, pad_token_id) -> None:

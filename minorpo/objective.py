@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from minorpo import loss as L
-from minorpo.collate import collate_padded, collate_shared_prompt, pad_token_id  # noqa: F401  (pad_token_id: train.py)
+from minorpo.batches import collate_padded, collate_shared_prompt, pad_token_id  # noqa: F401  (pad_token_id: train.py)
 from minorpo.logprobs import sequence_logps
 from minorpo.lora import lora_disabled, lora_layers
 
@@ -97,7 +97,7 @@ def _attention(batch: dict, spec: LossSpec) -> dict:
     """The shared-layout batch with its [B, T, T] block mask as FlexAttention's BlockMask when spec.attention is flex."""
     if spec.attention != "flex":
         return batch
-    from minorpo.model import flex_block_mask
+    from minorpo.models.llama import flex_block_mask
     return {**batch, "attention_mask": flex_block_mask(batch["attention_mask"])}
 
 

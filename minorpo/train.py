@@ -10,7 +10,7 @@ What one optimizer step does (global batch = batch_size x grad_accum x world_siz
      micro-batches (or ranks) gives exactly the gradient of the whole batch taken at once,
   3. sum the gradients over ranks (torchrun), clip their norm, AdamW step, learning-rate schedule step (with
      --precision bf16-weights and full fine-tuning the step updates float32 master weights, which are then
-     rounded into the bf16 model: minorpo/master.py),
+     rounded into the bf16 model: minorpo/fast/master.py),
   4. log metrics (TRL's names) to RUN/metrics.jsonl; evaluate held-out pairs every eval_every steps;
      checkpoint every save_every steps (atomically; --resume continues from the newest intact one).
 At the end: the LoRA adapter as a PEFT folder (RUN/adapter) and a merged, transformers-loadable model (RUN/final).
@@ -18,7 +18,7 @@ At the end: the LoRA adapter as a PEFT folder (RUN/adapter) and a merged, transf
 Under torchrun the same script runs data-parallel (nccl on CUDA, gloo on CPU): each rank takes its share of every
 global batch, and before the optimizer step the ranks' gradients are summed with one all-reduce (what
 DistributedDataParallel does, written out: Distributed.sum_gradients); metrics are averaged across ranks, and
-rank 0 alone writes files. With --fsdp (minorpo/fsdp.py) the ranks hold shards of the model instead of copies.
+rank 0 alone writes files. With --fsdp (minorpo/run/fsdp.py) the ranks hold shards of the model instead of copies.
 """
 
 import argparse
@@ -36,14 +36,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from minorpo import objective, runs
-from minorpo.checkpoint import load_checkpoint, save_checkpoint
+from minorpo import objective
+from minorpo.run import folders as runs
+from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
 from minorpo.errors import UserError
-from minorpo.fileio import atomic_write
-from minorpo.layouts import LAYOUTS
+from minorpo.run.fileio import atomic_write
+from minorpo.hf.layouts import LAYOUTS
 from minorpo.logprobs import compiled_head
-from minorpo.master import MasterWeights
-from minorpo.validate import check_train_config
+from minorpo.fast.master import MasterWeights
+from minorpo.run.validate import check_train_config
 
 
 @dataclass
@@ -86,7 +87,7 @@ class TrainConfig:
     eval_split: str = field(default="test", metadata={"help": "split of --eval-data when it is a folder or hub dataset"})
     max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response"})
     max_prompt_length: int = field(default=0, metadata={"help": "prompts longer than this are cut by --prompt-truncation (0 = half of max_length)"})
-    format: str = field(default="auto", metadata={"help": "row layout of the data: auto (detected from its first rows) or one of minorpo/layouts.py's",
+    format: str = field(default="auto", metadata={"help": "row layout of the data: auto (detected from its first rows) or one of minorpo/hf/layouts.py's",
                                                   "choices": ["auto", *LAYOUTS]})
     prompt_truncation: str = field(default="keep_end", metadata={"help": "a prompt over --max-prompt-length keeps its last tokens (keep_end), its first "
                                                                          "(keep_start), or the row is dropped (drop)",
@@ -99,7 +100,7 @@ class TrainConfig:
     # --- precision, memory, hardware
     precision: str = field(default="fp32", metadata={"help": "fp32; bf16 (autocast, fp32 weights); bf16-weights (bf16 model weights, no autocast: with LoRA "
                                                              "the adapters and their optimizer state stay fp32; with full fine-tuning the "
-                                                             "optimizer updates fp32 master copies, see minorpo/master.py)",
+                                                             "optimizer updates fp32 master copies, see minorpo/fast/master.py)",
                                                      "choices": ["fp32", "bf16", "bf16-weights"]})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward: less memory, ~30% more time"})
     chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the log-prob computation (memory vs speed); "
@@ -128,7 +129,7 @@ class TrainConfig:
                                                       "choices": ["sdpa", "flex"]})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
     fsdp: bool = field(default=False, metadata={"help": "under torchrun: shard parameters, gradients and AdamW state over the "
-                                                        "ranks (PyTorch FSDP2, minorpo/fsdp.py) instead of replicating them"})
+                                                        "ranks (PyTorch FSDP2, minorpo/run/fsdp.py) instead of replicating them"})
     fsdp_cpu_offload: bool = field(default=False, metadata={"help": "with --fsdp: keep the shards, gradients and optimizer "
                                                                     "state in CPU memory"})
     reshard_after_forward: bool = field(default=True, metadata={"help": "with --fsdp: free each block's gathered weights "
@@ -140,7 +141,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     resume: str = field(default="", metadata={"help": "continue the run in --out: from its newest intact checkpoint (--resume), or from "
                                                        "the checkpoint folder PATH (--resume PATH); refuses changed settings "
-                                                       "except those minorpo/runs.py lists (e.g. a larger --max-steps)"})
+                                                       "except those minorpo/run/folders.py lists (e.g. a larger --max-steps)"})
     overwrite: bool = field(default=False, metadata={"help": "delete the run already in --out and start again (without it, and "
                                                               "without --resume, an existing run is never touched)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar with ETA (training and evaluation)"})
@@ -289,12 +290,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
 
     Whatever happens, the process group (torchrun) is closed and PyTorch's process-wide cuDNN-attention switch is
     set back to what it was (and so is the thread count --threads sets): a notebook that trains and then generates
-    gets its own settings back. What train() does with an existing run folder in cfg.out: minorpo/runs.py.
+    gets its own settings back. What train() does with an existing run folder in cfg.out: minorpo/run/folders.py.
     """
-    check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/validate.py)
+    check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/run/validate.py)
     device = pick_device(cfg.device)
     if cfg.fsdp:
-        from minorpo import fsdp
+        from minorpo.run import fsdp
     ddp = fsdp.ShardedDistributed(device) if cfg.fsdp else Distributed(device)
     start = runs.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
     if start.finished:
@@ -327,8 +328,8 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     # --- tokenizer and data first: a mistake in the data is reported before the model loads
     source = Path(cfg.model)  # the model folder (a hub id: its local copy)
     if model is None or tokenizer is None:
-        from minorpo.loader import resolve
-        from minorpo.tokenizer import Tokenizer
+        from minorpo.hf.loader import resolve
+        from minorpo.hf.tokenizer import Tokenizer
         source = resolve(cfg.model, cfg.revision or None)
         tokenizer = tokenizer or Tokenizer.from_dir(source)
     if cfg.chat_template and tokenizer.chat_template is None:
@@ -355,11 +356,11 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
 
     # --- model
     if cfg.fsdp:  # read shard by shard into a sharded model, LoRA included
-        from minorpo import fsdp
+        from minorpo.run import fsdp
         model = fsdp.build(cfg, device, ddp, source, model)
     else:
         if model is None:
-            from minorpo.loader import load_model
+            from minorpo.hf.loader import load_model
             dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
             model = load_model(source, dtype=dtype)
         model.to(device)
@@ -498,7 +499,7 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     if cfg.fsdp and cfg.export:  # every rank gathers, rank 0 writes
         fsdp.export(model, tokenizer, cfg, out, ddp, source)
     elif ddp.main and cfg.export:
-        from minorpo.loader import save, source_dtype
+        from minorpo.hf.loader import save, source_dtype
         if cfg.export_dtype != "auto":
             dtype = getattr(torch, cfg.export_dtype)
         else:  # the checkpoint's own dtype; a model passed in without a folder: its parameters' dtype

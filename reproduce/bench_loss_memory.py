@@ -12,7 +12,7 @@ states and the output-head weight exist beforehand and are not counted), for
   chunked:   token_logps(hidden, weight, targets, chunk_size) (logits recomputed per chunk in backward).
 On a CUDA GPU it runs for real and reports torch.cuda.max_memory_allocated. On a CPU a real run at this size would
 take minutes and ~10 GB, so the shapes run on PyTorch's `meta` device (no data, no arithmetic) under
-minorpo.memtrack.LiveTensorBytes, which counts every tensor as it is created and freed - the same bytes an allocator
+minorpo.tools.memtrack.LiveTensorBytes, which counts every tensor as it is created and freed - the same bytes an allocator
 would be asked for, minus allocator rounding. A small real CPU run first checks that meta and CPU counts agree.
 Every position is scored (as for a prompt + response NLL), the worst case. Runs in a few seconds on a CPU.
 """
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from minorpo.logprobs import token_logps, token_logps_reference  # noqa: E402
-from minorpo.memtrack import LiveTensorBytes  # noqa: E402
+from minorpo.tools.memtrack import LiveTensorBytes  # noqa: E402
 
 
 def run(device: str, n_tokens: int, hidden_size: int, vocab: int, dtype: torch.dtype, chunk_size: int | None) -> int:

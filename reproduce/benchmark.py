@@ -116,7 +116,7 @@ def data_config(max_length=None):
 def make_plan(model_dir: Path, data: str, max_length: int, pool: int, log=print) -> dict:
     """The first `pool` usable rows of `data` that need no truncation, as {prompt, chosen, rejected} text."""
     from minorpo.data import DataConfig, load_preferences
-    from minorpo.tokenizer import Tokenizer
+    from minorpo.hf.tokenizer import Tokenizer
     tok = Tokenizer.from_dir(model_dir)
     ds = load_preferences(data, tok, DataConfig(add_bos=True, add_eos=True, max_length=None))
     fit = [e for e in ds.examples if len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) <= max_length]
@@ -157,7 +157,7 @@ def minorpo_child(args, plan: dict, overrides: dict) -> dict:
 
     from minorpo import objective
     from minorpo.data import build_examples
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     from minorpo.train import TrainConfig, train
 
     torch.manual_seed(0)
@@ -428,7 +428,7 @@ def main(argv=None) -> int:
     if not args.model or not args.data:
         p.error("--model and --data are required")
     t_start = time.time()
-    from minorpo.loader import resolve
+    from minorpo.hf.loader import resolve
     import torch
     model_dir = resolve(args.model)
     steps = args.warmup + args.steps

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python reproduce/x.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from minorpo.plot import moving_average  # noqa: E402,F401  (one trailing mean for the scripts and `minorpo plot`)
+from minorpo.tools.plot import moving_average  # noqa: E402,F401  (one trailing mean for the scripts and `minorpo plot`)
 
 HOLDS, FAILS, INCONCLUSIVE = "HOLDS", "DOES NOT HOLD", "INCONCLUSIVE"
 RESULTS = REPO / "reproduce" / "results"
@@ -338,7 +338,7 @@ def tiny_tokenizer():
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from minorpo.tokenizer import Tokenizer
+    from minorpo.hf.tokenizer import Tokenizer
 
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -351,8 +351,8 @@ def tiny_tokenizer():
 
 def tiny_model(vocab_size: int, seed: int = 0):
     """A 2-layer Llama-family minorpo model with random weights (width 64)."""
-    from minorpo.config import ModelConfig
-    from minorpo.model import build_model
+    from minorpo.hf.config import ModelConfig
+    from minorpo.models import build_model
 
     config = ModelConfig(model_type="llama", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -377,12 +377,12 @@ def smoke_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def load_model(args, dtype=torch.float32):
-    """(model, tokenizer): the tiny random pair for --smoke, else minorpo.loader.load(--model or the preset's)."""
+    """(model, tokenizer): the tiny random pair for --smoke, else minorpo.hf.loader.load(--model or the preset's)."""
     if args.smoke:
         tok = tiny_tokenizer()
         args.model_used = "tiny random llama (in-process)"
         return tiny_model(tok.vocab_size, args.seed), tok
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     args.model_used = args.model or args.settings["model"]
     return load(args.model_used, dtype=dtype)
 
@@ -412,7 +412,7 @@ def load_pairs(args, tokenizer, n: int | None = None) -> list:
 def pair_logps(model, pairs, pad_id: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b): mean per-token log-probs (Eq. 3) of the chosen and rejected responses of every pair, no grad."""
     from minorpo import loss as L
-    from minorpo.collate import collate_padded
+    from minorpo.batches import collate_padded
     from minorpo.logprobs import sequence_logps
 
     a, b = [], []
@@ -463,7 +463,7 @@ def train_run(args, out: Path, method: str, model_and_tok=None, pairs=None, **ov
 def heldout_start(args, rec):
     """The start of every script that compares held-out log-probs before and after training: (model, tokenizer,
     pad id, training pairs, held-out pairs, (chosen, rejected) log-probs of the held-out pairs before training)."""
-    from minorpo.collate import pad_token_id
+    from minorpo.batches import pad_token_id
     s = args.settings
     model, tok = load_model(args)
     pad_id = pad_token_id(tok)

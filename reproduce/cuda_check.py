@@ -87,7 +87,7 @@ def check_forward(folders, dev):
     import transformers
     from tiny_models import hf_position_ids
 
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     ids, mask = padded_ids()
     pos = hf_position_ids(mask)
     for arch, folder in folders.items():
@@ -116,7 +116,7 @@ def check_forward(folders, dev):
 def _batch(folder, data, layout, dev, n=6):
     from minorpo import objective
     from minorpo.data import DataConfig, load_preferences
-    from minorpo.tokenizer import Tokenizer
+    from minorpo.hf.tokenizer import Tokenizer
     tok = Tokenizer.from_dir(folder)
     pairs = load_preferences(str(data), tok, DataConfig(max_length=64)).examples[:n]
     pad = objective.pad_token_id(tok)
@@ -126,7 +126,7 @@ def _batch(folder, data, layout, dev, n=6):
 
 def _loss_and_grads(folder, data, dtype, dev, layout, preset="paper", autocast=False, chunk=7, attention="sdpa"):
     from minorpo import objective
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     model, _ = load(folder, dtype=dtype)
     model.to(dev)
     pairs, pad, batch = _batch(folder, data, layout, dev)
@@ -171,7 +171,7 @@ def check_loss(folders, data, dev):
 
 
 def _train(folder, data, out, dev, **kw):
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     from minorpo.train import TrainConfig, train
     from test_train import _pairs
     model, tok = load(folder, dtype=torch.float32)
@@ -191,7 +191,7 @@ def _params(model):
 
 def check_training(folders, data, dev, root: Path):
     """The training loop on CUDA: SGD and AdamW steps vs the CPU, checkpointing, resume, bf16, LoRA export."""
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     folder = folders["llama-tied"]
     cpu = torch.device("cpu")
     m_cpu, _, l_cpu = _train(folder, data, root / "sgd-cpu", cpu)
@@ -238,7 +238,7 @@ def check_training(folders, data, dev, root: Path):
           max(abs(a - b) / abs(b) for a, b in zip(b16, f32)), 2e-2, "bf16 operands")
     check("bf16 training on CUDA: mean loss of the last 5 steps / first 5", (sum(b16[-5:]) / sum(b16[:5])), 0.999,
           "it learns (the 40 training pairs repeat, so the loss must fall)")
-    # bf16 weights with float32 masters (minorpo/master.py): the same 20 steps, bf16 everywhere but the optimizer
+    # bf16 weights with float32 masters (minorpo/fast/master.py): the same 20 steps, bf16 everywhere but the optimizer
     m_w, _, b16w = _train(folder, data, root / "b16w", dev, precision="bf16-weights", save_every=20, **kw)
     check("bf16 weights + fp32 masters vs fp32, 20 AdamW steps on CUDA: max per-step loss rel. diff",
           max(abs(a - b) / abs(b) for a, b in zip(b16w, f32)), 2e-2, "bf16 operands and activations")

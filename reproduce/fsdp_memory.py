@@ -5,7 +5,7 @@ AdamW's two moments): 108 GB for Llama-2-7B, more than one 80 GB GPU. FSDP over 
 rank: 16 N / W bytes, plus what is not sharded (the full weights of the blocks being run, the root's).
 
 What is measured, in this one process acting as rank 0 of W (a fake process group: collectives do nothing):
-  - minorpo.fsdp.shard (what `--fsdp` runs) applied to the model built on the meta device (no memory): the bytes of
+  - minorpo.run.fsdp.shard (what `--fsdp` runs) applied to the model built on the meta device (no memory): the bytes of
     this rank's parameter shards (DTensor.to_local()), of its gradient shards and of its AdamW state after an
     optimizer step. For the 7B shapes the gradient shards are zeros_like(shard) on the meta device (FSDP refuses to
     run a forward on meta parameters); `--step` (small shapes only) runs a real forward, backward and AdamW step on
@@ -30,9 +30,10 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minorpo.config import ModelConfig  # noqa: E402
+from minorpo.hf.config import ModelConfig  # noqa: E402
 from minorpo.lora import apply_lora  # noqa: E402
-from minorpo.model import build_model, prepare_attention, rope_cos_sin, rope_inv_freq  # noqa: E402
+from minorpo.models import build_model
+from minorpo.models.llama import prepare_attention, rope_cos_sin, rope_inv_freq  # noqa: E402
 
 # config.json numbers of the released models (meta-llama/Llama-2-7b-hf, meta-llama/Meta-Llama-3-8B)
 SHAPES = {
@@ -57,7 +58,7 @@ def sharded_state_bytes(config, world: int, lora_r: int, step: bool) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from minorpo.fsdp import shard
+    from minorpo.run.fsdp import shard
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     try:
         mesh = init_device_mesh("cpu", (world,))

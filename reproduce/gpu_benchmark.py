@@ -24,7 +24,7 @@ saved once in a temporary folder with a word-level tokenizer over the model's vo
 with prompt / response lengths drawn uniformly from --prompt-len / --response-len (each word one token). Then
 reproduce/benchmark.py's machinery runs minorpo (the --variants: by default layout shared, rows padded to the batch's
 longest - one forward per micro-batch, as a GPU wants -, chunked log-probs, eager, cuDNN attention off, precision
-bf16 = autocast over float32 weights; then bf16 weights with float32 masters (shared-bf16w, minorpo/master.py),
+bf16 = autocast over float32 weights; then bf16 weights with float32 masters (shared-bf16w, minorpo/fast/master.py),
 FlexAttention (shared-flex, --attention flex), the two together compiled, compiled alone, padded layout; cuDNN
 attention allowed on request) and TRL (ORPOConfig bf16=True, the same autocast)
 on the same batches, AdamW, lr 1e-5, no LoRA (full fine-tuning), no gradient checkpointing: see that script's
@@ -88,9 +88,9 @@ def write_model(shape: dict, folder: Path, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from minorpo.config import ModelConfig
-    from minorpo.loader import save
-    from minorpo.model import build_model
+    from minorpo.hf.config import ModelConfig
+    from minorpo.hf.loader import save
+    from minorpo.models import build_model
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig.from_hf(shape))  # N(0, 0.02) weights (model.init_weights)
@@ -151,7 +151,7 @@ def rows_computed(batch: dict, counts: dict, layout: str) -> list:
 VARIANTS = {  # minorpo configurations (benchmark.variant); the first one named is the headline "minorpo" run
     "shared": dict(layout="shared"),  # prompt once per pair, rows padded to the batch's longest, eager
     "shared-compiled": dict(layout="shared", compile=True),  # + torch.compile of each decoder block
-    # bf16 weights with float32 master copies (minorpo/master.py): no autocast re-casting of weights each forward
+    # bf16 weights with float32 master copies (minorpo/fast/master.py): no autocast re-casting of weights each forward
     "shared-bf16w": dict(layout="shared", precision="bf16-weights"),
     "shared-bf16w-compiled": dict(layout="shared", precision="bf16-weights", compile=True),
     # FlexAttention with the shared layout's block mask (--attention flex): masked 128x128 blocks skipped

@@ -49,7 +49,7 @@ PRESETS = {
 def chosen_rejected_logps(model, pair, pad_id, device):
     """a, b (0-dim, with grad): Eq. 3 mean log-probs of one pair's chosen and rejected responses."""
     from minorpo import loss as L
-    from minorpo.collate import collate_padded
+    from minorpo.batches import collate_padded
     from minorpo.logprobs import sequence_logps
 
     batch = {k: v.to(device) for k, v in collate_padded([pair], pad_id).items()}
@@ -114,7 +114,7 @@ def main(argv=None):
     s = args.settings
     model, tok = C.load_model(args, dtype=torch.float64)
     model = model.double().to(rec.device).eval()
-    from minorpo.collate import pad_token_id
+    from minorpo.batches import pad_token_id
     pad_id = pad_token_id(tok)
     pairs = C.load_pairs(args, tok, max(s["n_grad_pairs"], s["n_weight_pairs"]))
 

@@ -8,7 +8,7 @@ What we measure, in ONE run, on the same batch:
           after one warm-up step has created the optimizer state): the model's weights, the reference's weights
           (DPO), the AdamW state, and the gradients, activations and temporaries the step allocates. On a GPU:
           torch.cuda.max_memory_allocated. On a CPU: the bytes of the weights and the optimizer state plus the
-          peak of minorpo.memtrack.LiveTensorBytes over the step.
+          peak of minorpo.tools.memtrack.LiveTensorBytes over the step.
           Two settings: full fine-tuning (DPO's reference = a frozen copy of the model) and LoRA (DPO's reference =
           the same model with the adapters switched off: no copy at all).
   time    wall time of whole training steps, interleaved (sft, orpo, dpo, sft, orpo, dpo, ...) after a warm-up,
@@ -98,7 +98,7 @@ def measure_memory(base, mode, method, r, batch, spec, counts, device) -> tuple[
     lives for the whole run; the measured second step adds gradients, activations and temporaries on top of the
     resident weights (policy, and the reference for full-fine-tuning DPO) and that optimizer state.
     """
-    from minorpo.memtrack import LiveTensorBytes
+    from minorpo.tools.memtrack import LiveTensorBytes
     setup = Setup(base, mode, method, r, device)
     setup.step(batch, spec, counts)  # warm-up: the optimizer state now exists
     nbytes = lambda ps: sum(p.numel() * p.element_size() for p in {id(p): p for p in ps}.values())  # noqa: E731
@@ -158,7 +158,7 @@ def main(argv=None):
     rec = C.Recorder(args, "memory_and_time", CLAIM)
     s = args.settings
     from minorpo import objective
-    from minorpo.collate import pad_token_id
+    from minorpo.batches import pad_token_id
 
     base, tok = C.load_model(args)
     base.requires_grad_(False)

@@ -15,7 +15,7 @@ a cost paid once per new shape (kernel plans built per shape, autotuning) shows 
 Configurations: SDPA with and without cuDNN's attention kernel (with --attention flex: FlexAttention only). Then
 torch.profiler over the last configuration's steps: the top operations by GPU time and by CPU time (tables written
 to DIR). --precision bf16 (default) is autocast over float32 weights; bf16-weights keeps the weights in bf16 and
-updates float32 masters (minorpo/master.py), as `minorpo train --precision bf16-weights --lora-r 0`.
+updates float32 masters (minorpo/fast/master.py), as `minorpo train --precision bf16-weights --lora-r 0`.
 --model tiny --device cpu runs it on a CPU in seconds (a smoke test; CPU numbers say nothing about a GPU).
 """
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     from minorpo import objective
     from minorpo.data import build_examples
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     master = None
     if args.precision == "bf16-weights":  # the optimizer updates float32 copies, as train() does
-        from minorpo.master import MasterWeights
+        from minorpo.fast.master import MasterWeights
         master = MasterWeights([(n, p) for n, p in model.named_parameters() if p.requires_grad])
         params = master.params
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True if cuda else None)

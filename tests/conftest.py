@@ -60,7 +60,7 @@ def assert_close(actual, expected, *, rtol, atol, what=""):
 def pair(tmp_path_factory):
     """pair(arch) -> (transformers model, minorpo model) of a tiny random architecture (tiny_models.ARCHS), built on
     first use and shared by the tests of one module."""
-    from minorpo.loader import load_model
+    from minorpo.hf.loader import load_model
     from tiny_models import saved
     cache = {}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minorpo.config import ModelConfig
-from minorpo.model import build_model
+from minorpo.hf.config import ModelConfig
+from minorpo.models import build_model
 from test_train import tiny_run_files
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Batch layouts: exact tensors written by hand, and the shared-prompt layout scoring the same log-probs as the
 padded layout on a tiny random model.
 
-Oracles: the expected tensors are written out by hand from the layouts in minorpo/collate.py's docstring; the
+Oracles: the expected tensors are written out by hand from the layouts in minorpo/batches.py's docstring; the
 log-prob equivalence compares two layouts run through minorpo's model (fp32), and the padded layout through
 transformers' LlamaForCausalLM (eager attention, the shared layout given to it as a 4D additive float mask).
 """
@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import assert_close
 
-from minorpo.collate import collate_padded, collate_shared_prompt
-from minorpo.config import ModelConfig
+from minorpo.batches import collate_padded, collate_shared_prompt
+from minorpo.hf.config import ModelConfig
 from minorpo.data import TokenizedPair
-from minorpo.model import build_model
+from minorpo.models import build_model
 
 N = -100
 # prompt [11 12], chosen [21 22], rejected [31]; second pair: prompt [13], chosen [23], rejected [33 34 35]

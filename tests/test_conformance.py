@@ -1,4 +1,4 @@
-"""`minorpo conformance` (minorpo/conformance.py, minorpo/conventions.py) against other implementations' formulas.
+"""`minorpo conformance` (minorpo/tools/conformance.py, minorpo/tools/conventions.py) against other implementations' formulas.
 
 Oracle: each peer below is rebuilt in-process from its published code (cited at each function), run on a tiny
 transformers Llama (its own logits, pads computed the transformers way) on the same collated batch, and must be
@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minorpo.cli import main
-from minorpo.collate import collate_padded
-from minorpo.conformance import canonical_name, judge, parse_reported
-from minorpo.conventions import Predictor, score_batch
+from minorpo.tools.cli import main
+from minorpo.batches import collate_padded
+from minorpo.tools.conformance import canonical_name, judge, parse_reported
+from minorpo.tools.conventions import Predictor, score_batch
 from minorpo.errors import UserError
 
 transformers = pytest.importorskip("transformers")
@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
     """A tiny random Llama fitted for 20 Adam steps to the pairs' chosen and rejected texts (so log P(y|x) ~ -1),
     saved with save_pretrained, with the word-level test tokenizer (prepends <s>); minorpo's pairs and model."""
     from minorpo.data import load_preferences
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     from tiny_models import hf_model
     from tiny_tokenizers import word_tokenizer
 

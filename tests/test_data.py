@@ -12,9 +12,9 @@ import json
 import pytest
 from tiny_tokenizers import CHATML_TEMPLATE, ID, bpe_tokenizer, word_tokenizer
 
-from minorpo.collate import collate_padded, collate_shared_prompt
+from minorpo.batches import collate_padded, collate_shared_prompt
 from minorpo.data import DataConfig, build_examples, load_preferences
-from minorpo.tokenizer import Tokenizer
+from minorpo.hf.tokenizer import Tokenizer
 
 
 def ids(*pieces):
@@ -251,7 +251,7 @@ def test_hh_rlhf_known_anomalies(tmp_path, hh_rlhf_file):
 
 
 def test_cli_inspect(tmp_path, capsys):
-    from minorpo.cli import main
+    from minorpo.tools.cli import main
 
     folder = word_tokenizer(tmp_path / "tok")
     data = tmp_path / "d.jsonl"

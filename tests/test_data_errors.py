@@ -12,9 +12,9 @@ import pytest
 from tiny_tokenizers import word_tokenizer
 
 from minorpo.data import BadRowError, DataConfig, build_examples, load_preferences
-from minorpo.datafiles import DataFileError, iter_rows, select_files
-from minorpo.layouts import row_layout
-from minorpo.tokenizer import Tokenizer
+from minorpo.hf.datafiles import DataFileError, iter_rows, select_files
+from minorpo.hf.layouts import row_layout
+from minorpo.hf.tokenizer import Tokenizer
 
 GOOD = {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello!", "rejected": " go away."}
 U = {"role": "user", "content": "hi"}

@@ -22,10 +22,10 @@ from conftest import assert_close
 from tiny_models import ARCHS, saved
 
 from minorpo import loss as L
-from minorpo.collate import collate_padded, collate_shared_prompt
-from minorpo.config import ModelConfig
+from minorpo.batches import collate_padded, collate_shared_prompt
+from minorpo.hf.config import ModelConfig
 from minorpo.errors import UserError
-from minorpo.loader import CheckpointError, load_model
+from minorpo.hf.loader import CheckpointError, load_model
 from minorpo.logprobs import ChunkedTokenLogps, sequence_logps, softcap, token_logps, token_logps_reference
 
 transformers = pytest.importorskip("transformers")
@@ -182,7 +182,7 @@ def test_cli_generate_chat_equals_transformers(tmp_path, capsys, arch, template,
     trl = pytest.importorskip("trl")
     from tiny_tokenizers import bpe_tokenizer
 
-    from minorpo.cli import main
+    from minorpo.tools.cli import main
     hf, folder = saved(arch, tmp_path / arch, vocab_size=320)
     bpe_tokenizer(folder, chat_template=(Path(trl.__file__).parent / "chat_templates" / template).read_text(),
                   config=tokens)
@@ -201,7 +201,7 @@ def test_conformance_scores_use_the_soft_cap(pair):
     """conventions.score_batch (what `minorpo conformance` measures) on the soft-capped Gemma: its log P(next
     token) equals transformers' log_softmax of its own (capped) logits, on rows that fill every position (so its
     0..T-1 position ids are transformers' default too). float32: TOL."""
-    from minorpo.conventions import score_batch
+    from minorpo.tools.conventions import score_batch
     hf, ours = pair("gemma3-softcap-untied")
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(1, 256, (2, 14), generator=g)
@@ -242,7 +242,7 @@ def test_cli_train_lora_all_linear_export_loads_in_transformers(tmp_path, arch, 
     peft = pytest.importorskip("peft")
     from test_train import tiny_run_files
 
-    from minorpo.cli import main
+    from minorpo.tools.cli import main
     folder, data = tiny_run_files(tmp_path / "in", arch=arch)
     out = tmp_path / "run"
     assert main(["train", "--model", str(folder), "--data", str(data), "--out", str(out), "--lora-r", "4",

@@ -13,7 +13,7 @@ import pytest
 from tiny_tokenizers import bpe_tokenizer
 
 from minorpo.data import tokenizer_adds_bos
-from minorpo.tokenizer import Tokenizer
+from minorpo.hf.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")

@@ -13,10 +13,10 @@ import torch
 
 from conftest import assert_close
 from minorpo import objective
-from minorpo.collate import collate_shared_prompt
+from minorpo.batches import collate_shared_prompt
 from minorpo.data import DataConfig, load_preferences
-from minorpo.loader import load
-from minorpo.model import flex_block_mask
+from minorpo.hf.loader import load
+from minorpo.models.llama import flex_block_mask
 from minorpo.train import TrainConfig, train
 from test_train import tiny_run_files
 
@@ -113,7 +113,7 @@ def test_sliding_window_layers_equal_sdpa(tmp_path, arch):
     The rows (13-24 tokens) are longer than the windows, so the windows do cut allowed pairs (asserted)."""
     from types import SimpleNamespace
 
-    from minorpo.loader import load_model
+    from minorpo.hf.loader import load_model
     from tiny_models import saved
     _, folder = saved(arch, tmp_path / arch)
     model = load_model(folder, dtype=torch.float64).eval()
@@ -174,7 +174,7 @@ def test_under_autocast_flex_gets_bf16_inputs_and_matches_sdpa_accuracy(inputs, 
     reproduce/cuda_check.py; measured 9.2e-3 vs 9.4e-3)."""
     import copy
 
-    import minorpo.model as M
+    import minorpo.models.llama as M
     model, tok, pairs = _model_and_pairs(inputs)
     model = model.float()
     m64 = copy.deepcopy(model).double()

@@ -1,4 +1,4 @@
-"""--fsdp (minorpo/fsdp.py): torchrun with 2 CPU processes (gloo) against 1 process without --fsdp.
+"""--fsdp (minorpo/run/fsdp.py): torchrun with 2 CPU processes (gloo) against 1 process without --fsdp.
 
 Oracles: the same global batch trained without sharding (one process, train.py's plain path: 2 ranks x 1 pair x 2
 micro-batches vs 1 process x 4 pairs); an uninterrupted --fsdp run for the killed-and-resumed one (bit-equal);
@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_close
-from minorpo.checkpoint import list_checkpoints
-from minorpo.cli import main
+from minorpo.run.checkpoint import list_checkpoints
+from minorpo.tools.cli import main
 from minorpo.train import TrainConfig, train
 from test_train import RANK_SCRIPT, tiny_run_files
 

@@ -13,8 +13,8 @@ import torch
 
 from conftest import assert_close
 
-from minorpo.generate import generate
-from minorpo.loader import load
+from minorpo.tools.generate import generate
+from minorpo.hf.loader import load
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 transformers = pytest.importorskip("transformers")

@@ -9,8 +9,8 @@ import torch
 
 from tiny_models import ARCHS, V, saved
 
-from minorpo.generate import generate, next_token, top_p_filter
-from minorpo.loader import load_model
+from minorpo.tools.generate import generate, next_token, top_p_filter
+from minorpo.hf.loader import load_model
 
 
 def prompts():
@@ -44,7 +44,7 @@ def test_kv_cache_equals_no_cache(pair, arch):
         cached = generate(ours, ids, 20, attention_mask=mask, **kw)
         uncached = generate(ours, ids, 20, attention_mask=mask, use_cache=False, **kw)
         assert torch.equal(cached, uncached), kw
-    from minorpo.model import KVCache
+    from minorpo.models.llama import KVCache
     seq = cached                                                                          # (2, 27)
     full_mask = torch.cat([mask, torch.ones(2, 20, dtype=torch.long)], 1)
     cache = KVCache()
@@ -130,7 +130,7 @@ def test_cli_generate_prints_generated_text(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     from tiny_tokenizers import bpe_tokenizer
 
-    from minorpo.cli import main
+    from minorpo.tools.cli import main
 
     _, folder = saved("llama-tied", tmp_path / "m", vocab_size=300, eos_token_id=1)
     bpe_tokenizer(folder)  # <|im_start|>=0 (bos), <|im_end|>=1 (eos)
@@ -150,7 +150,7 @@ def test_real_model_greedy_32_tokens_after_chat_prompt(real_model_dir):
     """SmolLM2-135M-Instruct: 32 greedy tokens after a chat prompt (built by minorpo's tokenizer) equal
     transformers' generate (oracle), EOS handling included."""
     transformers = pytest.importorskip("transformers")
-    from minorpo.tokenizer import Tokenizer
+    from minorpo.hf.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(real_model_dir)
     messages = [{"role": "user", "content": "Give me three tips for staying healthy."}]

@@ -96,11 +96,11 @@ def token_cases():
 @pytest.mark.parametrize("case,preset,layout", list(token_cases()))
 def test_token_golden_case(case, preset, layout):
     """Token-level goldens: minorpo builds the masks from token ids (loss.preference_targets) on the batch that
-    minorpo.testing.golden_to_batch converts the case to (right/left padding, a multiple of 8), and gets the
+    minorpo.tools.testing.golden_to_batch converts the case to (right/left padding, a multiple of 8), and gets the
     generator's loss and metrics. Tolerance 1e-10: the logits reproduce each log-prob to ~1e-15 (x ~ 20 rounded),
     and the NLL and log OR add a few dozen of them."""
     from minorpo.loss import orpo_loss_from_logits
-    from minorpo.testing import golden_to_batch
+    from minorpo.tools.testing import golden_to_batch
 
     batch = golden_to_batch(case, padding_side=layout[0], pad_to_multiple_of=layout[1])
     for side in ("chosen", "rejected"):  # the converter: log_softmax picks out exactly the case's log-probs

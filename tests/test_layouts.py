@@ -1,4 +1,4 @@
-"""Row layouts (minorpo/layouts.py): each read from a small file into the right prompt / chosen / rejected tokens
+"""Row layouts (minorpo/hf/layouts.py): each read from a small file into the right prompt / chosen / rejected tokens
 and masks; one layout per source; an unknown layout is one error; train's data selection flags; inspect = train.
 
 Oracles: (1) hand tokenization over the tiny WordLevel vocabulary (tests/tiny_tokenizers.WORDS), as in
@@ -11,11 +11,11 @@ import json
 import pytest
 from tiny_tokenizers import ID, word_tokenizer
 
-from minorpo.cli import main
-from minorpo.collate import IGNORE, collate_padded
+from minorpo.tools.cli import main
+from minorpo.batches import IGNORE, collate_padded
 from minorpo.data import load_preferences
 from minorpo.errors import UserError
-from minorpo.tokenizer import Tokenizer
+from minorpo.hf.tokenizer import Tokenizer
 from minorpo.train import TrainConfig, data_config
 
 

@@ -13,7 +13,7 @@ from conftest import assert_close
 from tiny_models import V, saved
 
 from minorpo.errors import MissingFileError
-from minorpo.loader import CheckpointError, load, load_model, save
+from minorpo.hf.loader import CheckpointError, load, load_model, save
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding only (see test_model.py)
 IDS = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))

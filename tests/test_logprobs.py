@@ -2,7 +2,7 @@
 hand-written backward, bf16 inputs, errors, and memory: the chunked path's peak grows with the chunk, not with N*T*V.
 
 Oracles: hand arithmetic (docstrings), the unchunked reference path (itself checked by hand), torch.autograd.gradcheck
-(central finite differences, float64), and exact byte counts of live tensors (minorpo.memtrack.LiveTensorBytes,
+(central finite differences, float64), and exact byte counts of live tensors (minorpo.tools.memtrack.LiveTensorBytes,
 deterministic on CPU).
 """
 
@@ -15,7 +15,7 @@ from conftest import assert_close
 
 from minorpo.logprobs import (IGNORE_INDEX, ChunkedTokenLogps, compiled_head, logit_sums, sequence_logps, shift_labels,
                               token_logps, token_logps_reference)
-from minorpo.memtrack import LiveTensorBytes
+from minorpo.tools.memtrack import LiveTensorBytes
 
 N_ = IGNORE_INDEX
 

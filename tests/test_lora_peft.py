@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from conftest import assert_close
-from minorpo.loader import load, save
+from minorpo.hf.loader import load, save
 from minorpo.lora import (apply_lora, load_peft_adapter, lora_disabled, lora_layers, lora_state_dict,
                           merged_state_dict, save_peft_adapter)
 from tiny_models import saved

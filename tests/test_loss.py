@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_close
 
-from minorpo.collate import collate_padded, collate_shared_prompt
+from minorpo.batches import collate_padded, collate_shared_prompt
 from minorpo.data import TokenizedPair
 from minorpo.logprobs import IGNORE_INDEX
 from minorpo.loss import (PRESETS, TokenLogps, dpo_loss, get_conventions, log1mexp, log_odds, log_odds_ratio,
@@ -359,8 +359,8 @@ TINY = dict(model_type="llama", vocab_size=97, hidden_size=32, intermediate_size
 
 
 def tiny_model():
-    from minorpo.config import ModelConfig
-    from minorpo.model import build_model
+    from minorpo.hf.config import ModelConfig
+    from minorpo.models import build_model
 
     torch.manual_seed(0)
     return build_model(ModelConfig.from_hf(TINY)).eval()

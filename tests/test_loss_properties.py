@@ -14,7 +14,7 @@ from conftest import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minorpo.collate import collate_padded
+from minorpo.batches import collate_padded
 from minorpo.data import TokenizedPair
 from minorpo.logprobs import IGNORE_INDEX, token_logps, token_logps_reference
 from minorpo.loss import (PRESETS, TokenLogps, get_conventions, log1mexp, log_odds_ratio, loss_from_token_logps,

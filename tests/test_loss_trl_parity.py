@@ -129,8 +129,8 @@ def test_same_model(trl_setup):
     states and chunked log-probs with chunk 5). Loss and every metric except logits/*: those average over PADDING
     positions too, whose hidden states depend on each model's position ids for padding (transformers: arange;
     minorpo: cumsum of the mask - 1, clamped), an arbitrary choice no loss term sees; test_same_logits covers them."""
-    from minorpo.config import ModelConfig
-    from minorpo.model import build_model
+    from minorpo.hf.config import ModelConfig
+    from minorpo.models import build_model
 
     hf, b, trainer = trl_setup.model, trl_setup.batch, trl_setup.trainer
     model = build_model(ModelConfig.from_hf(trl_setup.config.to_dict())).eval()

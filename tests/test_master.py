@@ -1,4 +1,4 @@
-"""Float32 master weights for bf16 full fine-tuning (minorpo/master.py, `--precision bf16-weights --lora-r 0`).
+"""Float32 master weights for bf16 full fine-tuning (minorpo/fast/master.py, `--precision bf16-weights --lora-r 0`).
 
 Oracles: hand arithmetic on the same float32 numbers (an SGD step, a sum of two gradients: bit-equal, since the
 same float32 operations are done in the same order); bf16's spacing (8 significant bits) for why the masters
@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minorpo.checkpoint import list_checkpoints, read_optimizer_state
-from minorpo.master import MasterWeights
+from minorpo.run.checkpoint import list_checkpoints, read_optimizer_state
+from minorpo.fast.master import MasterWeights
 from test_train import _run, tiny_run_inputs  # noqa: F401  (tiny_run_inputs is a pytest fixture)
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import assert_close
 from tiny_models import ARCHS, LLAMA_FAMILY, V, hf_position_ids, saved
 
-from minorpo.loader import load_model
+from minorpo.hf.loader import load_model
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding only; see the module docstring
 
@@ -108,7 +108,7 @@ def test_block_mask_requires_position_ids(pair):
 def test_state_dict_keys_and_hidden(pair, arch):
     """state_dict keys and shapes are transformers' own; lm_head(return_hidden output) == logits (soft-capped where
     the config says so); a tied lm_head is the embedding tensor itself."""
-    from minorpo.gemma3 import softcap
+    from minorpo.models.gemma3 import softcap
     hf, ours = pair(arch)
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
            {k: tuple(v.shape) for k, v in hf.state_dict().items()}
@@ -230,7 +230,7 @@ def test_real_model_logits_match_transformers(real_model_dir):
     """SmolLM2-135M-Instruct on real text: float32 logits equal transformers' within atol 1e-4 (30 layers of
     float32 rounding on logits of size ~30; measured max diff on this machine: 0)."""
     transformers = pytest.importorskip("transformers")
-    from minorpo.tokenizer import Tokenizer
+    from minorpo.hf.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(real_model_dir)
     texts = ["The capital of France is Paris. It is known for the Eiffel Tower and",

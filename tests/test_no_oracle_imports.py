@@ -28,7 +28,7 @@ for name in names:
         importlib.import_module(name)
     except Exception as e:  # reported below: an unimportable module could hide an oracle import
         errors[name] = f"{type(e).__name__}: {e}"
-from minorpo.cli import main
+from minorpo.tools.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     try:
         main(["--help"])
@@ -42,7 +42,7 @@ print(json.dumps({"modules": names, "errors": errors,
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}, "modules that failed to import"
-    assert {"minorpo.model", "minorpo.opt", "minorpo.loader", "minorpo.generate"} <= set(result["modules"])
+    assert {"minorpo.models.llama", "minorpo.models.opt", "minorpo.hf.loader", "minorpo.tools.generate"} <= set(result["modules"])
     assert result["oracles"] == [], f"minorpo imported {result['oracles']}"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from minorpo.plot import default_window, figures, moving_average, plot_run  # noqa: E402
+from minorpo.tools.plot import default_window, figures, moving_average, plot_run  # noqa: E402
 
 
 def _rows(n=60, every=20):

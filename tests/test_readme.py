@@ -8,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
-from minorpo.cli import build_parser
+from minorpo.tools.cli import build_parser
 from minorpo.train import config_from_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -14,9 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from minorpo.cli import main
+from minorpo.tools.cli import main
 from minorpo.errors import UserError
-from minorpo.loader import load
+from minorpo.hf.loader import load
 from minorpo.lora import merged_state_dict
 from minorpo.train import TrainConfig, train
 from test_train import _pairs, tiny_run_files, write_data

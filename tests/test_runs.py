@@ -1,4 +1,4 @@
-"""Run folders (minorpo/runs.py) and checkpoints (minorpo/checkpoint.py): a previous run is never lost, resume is
+"""Run folders (minorpo/run/folders.py) and checkpoints (minorpo/run/checkpoint.py): a previous run is never lost, resume is
 honest, the trainer state holds no pickle.
 
 Oracles: the files a run leaves (bytes before vs after a refused command), an uninterrupted run (a resumed run
@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minorpo.checkpoint import list_checkpoints, load_checkpoint, read_trainer_state, save_checkpoint
-from minorpo.cli import main
+from minorpo.run.checkpoint import list_checkpoints, load_checkpoint, read_trainer_state, save_checkpoint
+from minorpo.tools.cli import main
 from minorpo.errors import UserError
-from minorpo.loader import load
+from minorpo.hf.loader import load
 from minorpo.train import TrainConfig, train
 from test_train import _pairs, tiny_run_files
 
@@ -223,7 +223,7 @@ def test_old_pickle_checkpoint_is_refused_by_name(tmp_path):
 
 
 def test_resume_flag_takes_an_optional_path():
-    from minorpo.cli import build_parser
+    from minorpo.tools.cli import build_parser
     from minorpo.train import config_from_args
     parse = lambda *a: config_from_args(build_parser("train").parse_args(["train", "--model", "m", "--data", "d", *a]))
     assert parse().resume == "" and parse("--resume").resume == "latest"

@@ -1,5 +1,5 @@
-"""minorpo.testing on losses people write: a correct TRL-style one conforms; the circulating mistakes are caught,
-each by the property it breaks. Oracle: minorpo.testing.reference (float64, minorpo.loss.log_odds_ratio), itself
+"""minorpo.tools.testing on losses people write: a correct TRL-style one conforms; the circulating mistakes are caught,
+each by the property it breaks. Oracle: minorpo.tools.testing.reference (float64, minorpo.loss.log_odds_ratio), itself
 checked here against loss.loss_from_token_logps (the golden-tested implementation) on a hand-written case."""
 
 import pytest
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("hypothesis")
 
 from minorpo.loss import TokenLogps, loss_from_token_logps  # noqa: E402
-from minorpo.testing import Case, assert_orpo_conforms, case_to_batch, check_orpo_loss, reference  # noqa: E402
+from minorpo.tools.testing import Case, assert_orpo_conforms, case_to_batch, check_orpo_loss, reference  # noqa: E402
 
 LAM = 0.1
 N = 15  # hypothesis examples per property: enough to hit each mistake below (they fail on most batches)

@@ -1,4 +1,4 @@
-"""minorpo.tokenizer.Tokenizer against transformers (the oracle) on the same folder.
+"""minorpo.hf.tokenizer.Tokenizer against transformers (the oracle) on the same folder.
 
 Oracle: transformers.AutoTokenizer loaded from the same folder; every comparison is exact (token ids are
 integers and rendered templates are strings: no tolerance applies).
@@ -11,7 +11,7 @@ import jinja2
 import pytest
 from tiny_tokenizers import CHATML_TEMPLATE, ID, bpe_tokenizer, word_tokenizer
 
-from minorpo.tokenizer import Tokenizer
+from minorpo.hf.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

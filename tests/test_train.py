@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_close
-from minorpo.checkpoint import list_checkpoints
+from minorpo.run.checkpoint import list_checkpoints
 from minorpo.data import DataConfig, load_preferences
-from minorpo.loader import load
+from minorpo.hf.loader import load
 from minorpo.train import TrainConfig, train
 from tiny_models import saved
 from tiny_tokenizers import word_tokenizer
@@ -193,7 +193,7 @@ def test_truncated_checkpoint_falls_back_to_previous(tiny_run_inputs, tmp_path):
 
 RANK_SCRIPT = """import os, sys
 from pathlib import Path
-from minorpo.cli import main
+from minorpo.tools.cli import main
 rc = main(sys.argv[1:])
 names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
 Path(os.environ["THREADS_DIR"], "rank" + os.environ["RANK"]).write_text(" ".join(names))
@@ -242,7 +242,7 @@ def test_two_process_gloo_equals_one_process(tiny_run_inputs, tmp_path):
 
 
 def test_two_process_bf16_master_weights_equal_one_process(tiny_run_inputs, tmp_path):
-    """torchrun, 2 CPU processes, full fine-tuning with bf16 weights and float32 masters (minorpo/master.py): the
+    """torchrun, 2 CPU processes, full fine-tuning with bf16 weights and float32 masters (minorpo/fast/master.py): the
     gradients reach the masters through hooks and are summed over ranks there. One SGD step over a global batch of
     4 pairs (2 x 2 vs 1 x 4): the masters' update equals the one-process update to bf16 accuracy, measured as
     ||update_2 - update_1|| / ||update_1|| per tensor. Why not closer: the gradients are bf16 (8 significant bits);

@@ -22,7 +22,7 @@ import torch
 from conftest import assert_close
 from minorpo import objective
 from minorpo.data import DataConfig, load_preferences
-from minorpo.loader import load
+from minorpo.hf.loader import load
 from minorpo.train import TrainConfig, bucketed_step_indices, step_indices, train
 from test_train import tiny_run_files
 

@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from minorpo.checkpoint import list_checkpoints, read_optimizer_state
+from minorpo.run.checkpoint import list_checkpoints, read_optimizer_state
 from minorpo.lora import lora_layers
 from test_train import _pairs, _run, tiny_run_inputs  # noqa: F401  (tiny_run_inputs is a pytest fixture)
 
@@ -110,7 +110,7 @@ def test_sft_loss_is_the_chosen_nll(tiny_run_inputs, tmp_path, preset):
     out = tmp_path / "run"
     _, last = _run(tiny_run_inputs, out, max_steps=1, method="sft", preset=preset, max_pairs=4, eval_pairs=0,
                    batch_size=4)
-    from minorpo.loader import load
+    from minorpo.hf.loader import load
     _, tok = load(folder)
     pairs = _pairs(data, tok)[:4]
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()

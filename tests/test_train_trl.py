@@ -39,7 +39,7 @@ import torch
 
 from minorpo import objective
 from minorpo.data import DataConfig, load_preferences
-from minorpo.loader import load
+from minorpo.hf.loader import load
 from minorpo.lora import apply_lora, lora_layers
 from minorpo.train import TrainConfig, train
 from test_train import write_data

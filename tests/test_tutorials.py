@@ -36,7 +36,7 @@ def test_tutorial_runs(path, tmp_path):
     proc = run_tutorial(path, {"MINORPO_TUTORIAL_OUT": str(tmp_path)})
     assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "all checks passed" in proc.stdout  # each tutorial prints this as its last line
-    # each draws at least one figure, as a PNG in its output folder (minorpo.plot.tutorial_folder), not the checkout
+    # each draws at least one figure, as a PNG in its output folder (minorpo.tools.plot.tutorial_folder), not the checkout
     figures = [Path(line[len("figure: "):]) for line in proc.stdout.splitlines() if line.startswith("figure: ")]
     assert figures, f"{path.name} drew no figure"
     for fig in figures:

@@ -1,9 +1,9 @@
 """The bad-input suite: every user mistake is one line `minorpo: error: <message>` on stderr, exit status 2, no
 traceback, a message naming the flag / file / row, and (train, generate) the failure comes before the model loads.
 
-Each case runs the real command line in-process (minorpo.cli.main). Oracle: the expected words of each message are
+Each case runs the real command line in-process (minorpo.tools.cli.main). Oracle: the expected words of each message are
 written in the table by hand from what the mistake is (the flag typed, the file given, the line broken). "Before
-the model loads" is checked by replacing minorpo.loader.load_model with a function that fails the test.
+the model loads" is checked by replacing minorpo.hf.loader.load_model with a function that fails the test.
 """
 
 import json
@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from minorpo import loader
-from minorpo.cli import main
+from minorpo.hf import loader
+from minorpo.tools.cli import main
 from tiny_models import saved
 from tiny_tokenizers import word_tokenizer
 

@@ -14,7 +14,7 @@ import math
 import torch
 
 from minorpo import loss as L
-from minorpo.plot import pyplot, save_figure, tutorial_folder
+from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 
 torch.set_printoptions(precision=4)
 plt = pyplot()

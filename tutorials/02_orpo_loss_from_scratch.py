@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from minorpo import loss as L
-from minorpo.collate import collate_padded
-from minorpo.config import ModelConfig
+from minorpo.batches import collate_padded
+from minorpo.hf.config import ModelConfig
 from minorpo.data import TokenizedPair
 from minorpo.logprobs import IGNORE_INDEX, shift_labels
-from minorpo.model import build_model
-from minorpo.plot import pyplot, save_figure, tutorial_folder
+from minorpo.models import build_model
+from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 
 torch.manual_seed(0)
 plt = pyplot()

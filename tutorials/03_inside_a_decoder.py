@@ -4,7 +4,7 @@
 # A checkpoint is a folder: `config.json` (the shape of the network) and `model.safetensors` (named tensors).
 # minorpo's model uses the tensor names of transformers' `LlamaForCausalLM`, so loading is a 1:1 copy. Here we
 # open such a folder ourselves, run the whole forward pass *by hand* with plain tensor operations, and check that
-# minorpo's model (`minorpo.loader.load`) computes the same logits.
+# minorpo's model (`minorpo.hf.loader.load`) computes the same logits.
 #
 # By default the folder holds a tiny random Llama-family model written in-process (no download, a second).
 # Set MINORPO_TEST_MODEL to a hub-style folder (e.g. SmolLM2-135M-Instruct) to do the same on real weights.
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from minorpo.config import ModelConfig
-from minorpo.loader import load, load_model, save
-from minorpo.model import build_model
+from minorpo.hf.config import ModelConfig
+from minorpo.hf.loader import load, load_model, save
+from minorpo.models import build_model
 
 real = os.environ.get("MINORPO_TEST_MODEL")
 if real and Path(real, "model.safetensors").exists():
@@ -119,10 +119,10 @@ def forward_by_hand(ids):  # ids: (T,) -> logits (T, V)
 # 2-token rejected response. Exercise 7 asks you to build the shared one.
 
 # %%
-from minorpo.collate import collate_padded, collate_shared_prompt
+from minorpo.batches import collate_padded, collate_shared_prompt
 from minorpo.data import TokenizedPair
-from minorpo.model import prepare_attention
-from minorpo.plot import pyplot, save_figure, tutorial_folder
+from minorpo.models.llama import prepare_attention
+from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 
 plt = pyplot()
 pair = TokenizedPair([1, 2, 3], [4, 5, 6], [7, 8])
@@ -191,7 +191,7 @@ print("log P(next token):", [round(v, 3) for v in next_token_logp.tolist()])
 print(f"mean (Eq. 3 over these tokens): {next_token_logp.mean().item():.3f}")
 assert (next_token_logp < 0).all()
 if tokenizer is not None:  # a real model should continue the sentence sensibly
-    from minorpo.generate import generate
+    from minorpo.tools.generate import generate
     out = generate(model.float(), ids[None], max_new_tokens=5)
     print("greedy continuation:", repr(tokenizer.decode(out[0, len(ids):].tolist())))
 
@@ -218,7 +218,7 @@ if transformers is not None:
 # %% [markdown]
 # ## 6. What Gemma 3 changes
 #
-# Gemma 3 (`minorpo/gemma3.py`, which lists each departure where it is applied) is the same decoder with:
+# Gemma 3 (`minorpo/models/gemma3.py`, which lists each departure where it is applied) is the same decoder with:
 #   * RMSNorm scaling by (1 + w) (the stored weights are offsets from 1), and four of them per block: the attention
 #     and MLP outputs are normalized again before they are added to the residual stream;
 #   * QK-norm: each query and key head goes through its own such norm before RoPE;

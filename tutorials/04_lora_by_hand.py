@@ -17,11 +17,11 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from minorpo.config import ModelConfig
+from minorpo.hf.config import ModelConfig
 from minorpo.lora import (LoRALinear, apply_lora, load_peft_adapter, lora_disabled, lora_layers, merged_state_dict,
                           save_peft_adapter)
-from minorpo.model import build_model
-from minorpo.plot import pyplot, save_figure, tutorial_folder
+from minorpo.models import build_model
+from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 
 torch.manual_seed(0)
 plt = pyplot()

@@ -20,13 +20,13 @@ import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from minorpo.cli import main as minorpo
-from minorpo.config import ModelConfig
-from minorpo.generate import generate
-from minorpo.loader import load, save
-from minorpo.model import build_model
-from minorpo.plot import in_notebook, plot_run, pyplot, save_figure, tutorial_folder
-from minorpo.tokenizer import Tokenizer
+from minorpo.tools.cli import main as minorpo
+from minorpo.hf.config import ModelConfig
+from minorpo.tools.generate import generate
+from minorpo.hf.loader import load, save
+from minorpo.models import build_model
+from minorpo.tools.plot import in_notebook, plot_run, pyplot, save_figure, tutorial_folder
+from minorpo.hf.tokenizer import Tokenizer
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # a tiny model: threads would only add overhead

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minorpo.collate import collate_padded
-from minorpo.conformance import judge
-from minorpo.config import ModelConfig
-from minorpo.conventions import Predictor, score_batch
+from minorpo.batches import collate_padded
+from minorpo.tools.conformance import judge
+from minorpo.hf.config import ModelConfig
+from minorpo.tools.conventions import Predictor, score_batch
 from minorpo.data import TokenizedPair
-from minorpo.model import build_model
+from minorpo.models import build_model
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in tutorials/
 GOLDEN = HERE.parent / "tests" / "golden"
@@ -108,7 +108,7 @@ print("failures of the copied loss:", sorted(k for k, ok in copied["paper"].item
 # on a log scale, against the two tolerances. An exact match (error 0) is drawn at 1e-17, float64's floor.
 
 # %%
-from minorpo.plot import pyplot, save_figure, tutorial_folder
+from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 
 plt = pyplot()
 cases = golden["paper"]["cases"]
@@ -224,16 +224,16 @@ print("\n".join(lines[-4:]))
 assert status == 1 and "MATCH" not in next(line for line in lines if line.startswith("verdict:"))
 
 # %% [markdown]
-# ## 4. Bring your own loss: `minorpo.testing`
+# ## 4. Bring your own loss: `minorpo.tools.testing`
 #
-# When you can call the other loss function yourself, `minorpo.testing.check_orpo_loss(fn, convention=...)`
+# When you can call the other loss function yourself, `minorpo.tools.testing.check_orpo_loss(fn, convention=...)`
 # drives it with hypothesis-generated batches (uneven lengths, long responses, near-certain responses, ...),
 # names the convention it implements, and lists every property it breaks with a minimal failing example.
 # `assert_orpo_conforms` is the same as a pytest assertion. Our two NumPy losses, wrapped to take torch tensors
 # (token log-probs [B, T] and bool masks; no gradient, so the gradient checks are skipped):
 
 # %%
-from minorpo.testing import assert_orpo_conforms, check_orpo_loss  # noqa: E402
+from minorpo.tools.testing import assert_orpo_conforms, check_orpo_loss  # noqa: E402
 
 
 def as_torch_loss(impl):
@@ -253,7 +253,7 @@ assert "near_zero" in {name for name, _, _ in report.failures}  # and exp(a) / (
 # %% [markdown]
 # The golden vectors of section 2 come with masks already built. `tests/golden/orpo_tokens.json` holds token-level
 # cases (pad = eos, the official extra target, a double BOS, a truncated row) and
-# `minorpo.testing.golden_to_batch(case)` turns one into logits + labels for a padded batch, so that a real
+# `minorpo.tools.testing.golden_to_batch(case)` turns one into logits + labels for a padded batch, so that a real
 # implementation's own masking code is what gets checked (tests/golden/SPEC.md).
 
 # %%

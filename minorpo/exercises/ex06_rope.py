@@ -2,7 +2,7 @@
 (x_i, x_{i+hs/2}) of a head turns by the angle position * theta^(-2i/hs).
 
 Oracles: hand arithmetic (hs = 2: a plain 2-D rotation); complex multiplication in float64 (pair i as the complex
-number x_i + j x_{i+hs/2}, times e^{j angle}) and the relative-position property of dot products; minorpo.model's
+number x_i + j x_{i+hs/2}, times e^{j angle}) and the relative-position property of dot products; minorpo.models.llama's
 rope_cos_sin and apply_rope for random inputs.
 """
 
@@ -12,8 +12,8 @@ import torch
 from hypothesis import strategies as st
 
 from minorpo.exercises.harness import DTYPES, Failure, assert_close, call, check_tensor, for_all, need, test
-from minorpo.model import apply_rope as minorpo_apply_rope
-from minorpo.model import rope_cos_sin
+from minorpo.models.llama import apply_rope as minorpo_apply_rope
+from minorpo.models.llama import rope_cos_sin
 
 
 def run(student, x, positions, theta):
@@ -66,7 +66,7 @@ def inputs(draw):
     return (B, nh, T, 2 * half), values, positions
 
 
-@test("random shapes and positions, float64 (vs complex multiplication) and float32 (vs minorpo.model.apply_rope)",
+@test("random shapes and positions, float64 (vs complex multiplication) and float32 (vs minorpo.models.llama.apply_rope)",
       hint="the frequency of pair i is theta^(-2i/hs), i = 0 .. hs/2-1; angle = position * frequency; "
            "(x_i, x_{i+hs/2}) -> (x_i cos - x_{i+hs/2} sin, x_{i+hs/2} cos + x_i sin)")
 def random_inputs(student):

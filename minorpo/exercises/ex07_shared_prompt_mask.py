@@ -1,14 +1,14 @@
 """Checks of exercise 7, the shared-prompt layout: one row [prompt | chosen | rejected | padding] per pair, the
 position ids (rejected restarts after the prompt) and the [B, T, T] attention mask (collate.py's docstring).
 
-Oracles: the example of minorpo/collate.py's docstring, by hand; minorpo.collate.collate_shared_prompt for random
+Oracles: the example of minorpo/batches.py's docstring, by hand; minorpo.batches.collate_shared_prompt for random
 lengths.
 """
 
 import torch
 from hypothesis import strategies as st
 
-from minorpo.collate import collate_shared_prompt
+from minorpo.batches import collate_shared_prompt
 from minorpo.data import TokenizedPair
 from minorpo.exercises.harness import Failure, call, check_tensor, for_all, need, test
 
@@ -90,7 +90,7 @@ def lengths(draw):
     return P, C, R, T
 
 
-@test("random lengths with padding (vs minorpo.collate.collate_shared_prompt)",
+@test("random lengths with padding (vs minorpo.batches.collate_shared_prompt)",
       hint="padding positions get position 0 and attend to the prompt and to earlier padding only (so that no "
            "attention row is empty)")
 def random_lengths(student):

@@ -2,7 +2,7 @@
 recomputes each chunk's logits in backward (minorpo/logprobs.py's ChunkedTokenLogps, for one target per position).
 
 Oracles: log_softmax over the whole [M, V] logits (minorpo.logprobs.token_logps_reference) and autograd through it,
-in float64; minorpo.memtrack.LiveTensorBytes for the memory the forward keeps and holds.
+in float64; minorpo.tools.memtrack.LiveTensorBytes for the memory the forward keeps and holds.
 """
 
 import math
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from minorpo.exercises.harness import Failure, assert_close, call, check_tensor, for_all, need, test
 from minorpo.logprobs import IGNORE_INDEX, token_logps_reference
-from minorpo.memtrack import LiveTensorBytes
+from minorpo.tools.memtrack import LiveTensorBytes
 
 
 def run(student, hidden, weight, targets, chunk_size):

@@ -1,7 +1,7 @@
 import torch
 
-from minorpo.model import apply_rope as _apply_rope
-from minorpo.model import rope_cos_sin
+from minorpo.models.llama import apply_rope as _apply_rope
+from minorpo.models.llama import rope_cos_sin
 
 
 def apply_rope(x, position_ids, theta):

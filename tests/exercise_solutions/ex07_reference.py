@@ -1,6 +1,6 @@
 import torch
 
-from minorpo.collate import collate_shared_prompt
+from minorpo.batches import collate_shared_prompt
 from minorpo.data import TokenizedPair
 
 

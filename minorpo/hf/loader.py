@@ -4,7 +4,7 @@ A checkpoint is a folder (or a Hugging Face Hub repo, fetched into the local cac
     config.json                          -> ModelConfig.from_hf
     model.safetensors                    -> the weights, or several shards listed in
     model.safetensors.index.json            {"weight_map": {tensor name: shard file}}
-    tokenizer.json, tokenizer_config.json [, chat_template.jinja]  -> minorpo.tokenizer.Tokenizer
+    tokenizer.json, tokenizer_config.json [, chat_template.jinja]  -> minorpo.hf.tokenizer.Tokenizer
 
 Safety: only safetensors are read. Pickle checkpoints (pytorch_model.bin) can execute arbitrary code when
 loaded, so they are refused; no code from a repo (trust_remote_code) is ever run.
@@ -23,10 +23,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import ConfigError, ModelConfig
-from .errors import MissingFileError, UserError
-from .fileio import first_line, is_local_path, no_such_path
-from .model import build_model
+from minorpo.hf.config import ConfigError, ModelConfig
+from minorpo.errors import MissingFileError, UserError
+from minorpo.run.fileio import first_line, is_local_path, no_such_path
+from minorpo.models import build_model
 
 # What a hub download fetches: config, safetensors weights, tokenizer files. Never *.bin, never *.py.
 HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
@@ -189,7 +189,7 @@ def embedding(model) -> torch.nn.Embedding:
 def load(model_id_or_dir, dtype: torch.dtype = torch.float32, revision: str | None = None,
          device: str | torch.device = "cpu"):
     """(model, tokenizer) of a checkpoint folder or hub id."""
-    from .tokenizer import Tokenizer  # imported here so that model-only users do not need the tokenizer module
+    from minorpo.hf.tokenizer import Tokenizer  # imported here so that model-only users do not need the tokenizer module
     folder = resolve(model_id_or_dir, revision)
     model = load_model(folder, dtype=dtype, device=device)
     return model, Tokenizer.from_dir(folder)

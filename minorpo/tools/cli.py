@@ -14,11 +14,11 @@ from minorpo.errors import UserError
 
 # subcommand name -> module that defines add_cli(subparsers)
 COMMANDS = {
-    "generate": "minorpo.generate",
-    "data": "minorpo.data_inspect",
+    "generate": "minorpo.tools.generate",
+    "data": "minorpo.tools.data_inspect",
     "train": "minorpo.train",
-    "plot": "minorpo.plot",
-    "conformance": "minorpo.conformance",
+    "plot": "minorpo.tools.plot",
+    "conformance": "minorpo.tools.conformance",
     "exercises": "minorpo.exercises.grader",
 }
 

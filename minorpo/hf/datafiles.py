@@ -21,8 +21,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from .errors import MissingFileError, UserError
-from .fileio import first_line, is_local_path, no_such_path
+from minorpo.errors import MissingFileError, UserError
+from minorpo.run.fileio import first_line, is_local_path, no_such_path
 
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 

@@ -2,7 +2,7 @@
 
 Give it a model, the pairs (or the other code's own collated batch, --batch) and the loss and metrics that code
 logged on exactly that batch. minorpo runs the model ONCE and computes every combination of conventions
-(minorpo/conventions.py): which tokens the NLL covers and how it is normalized, which tokens log P(y|x) averages,
+(minorpo/tools/conventions.py): which tokens the NLL covers and how it is normalized, which tokens log P(y|x) averages,
 the preference term (odds ratio, probability ratio, none), lambda, and the positions logits/* average over. Each
 dimension is judged from the quantities that identify it, with its own tolerance; the verdict is the matching
 coordinates and the known implementations that share them (TRL/Liger/Axolotl, official, LLaMA-Factory, ms-swift,
@@ -28,9 +28,9 @@ import argparse
 
 import torch
 
-from .conventions import DIMENSIONS, KNOWN, Predictor, combinations, score_batch
-from .errors import UserError
-from .layouts import LAYOUTS
+from minorpo.tools.conventions import DIMENSIONS, KNOWN, Predictor, combinations, score_batch
+from minorpo.errors import UserError
+from minorpo.hf.layouts import LAYOUTS
 
 # the quantities compared, in the order printed
 QUANTITIES = ["loss", "nll_loss", "odds_ratio_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen",
@@ -219,8 +219,8 @@ def known_table(predictor: Predictor, reported: dict, lam: float | None) -> list
 
 
 def _examples_batch(args, tokenizer, pad: int):
-    from .collate import collate_padded
-    from .data import DataConfig, load_preferences
+    from minorpo.batches import collate_padded
+    from minorpo.data import DataConfig, load_preferences
 
     flag = {"auto": "auto", "yes": True, "no": False}
     try:
@@ -245,9 +245,9 @@ def _examples_batch(args, tokenizer, pad: int):
 
 
 def run(args) -> int:
-    from .collate import pad_token_id
-    from .conformance_io import dump_batch, load_batch, load_metrics
-    from .loader import load
+    from minorpo.batches import pad_token_id
+    from minorpo.tools.conformance_io import dump_batch, load_batch, load_metrics
+    from minorpo.hf.loader import load
 
     logged = load_metrics(args.metrics_json, args.log_entry) if args.metrics_json else None
     try:
@@ -286,19 +286,19 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("conformance", help="which ORPO conventions another implementation's logged numbers "
                                                   "follow (every combination, one forward)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model folder or hub id (minorpo.loader.load)")
+    p.add_argument("--model", required=True, help="model folder or hub id (minorpo.hf.loader.load)")
     p.add_argument("--revision", default=None, help="hub revision of --model")
     p.add_argument("--data", default=None, help="preference pairs: .jsonl/.json/.parquet file, folder or hub dataset "
                                                 "(minorpo.data; see `minorpo data inspect`)")
     p.add_argument("--batch", default=None, metavar="FILE", help="the other code's collated batch instead of --data "
                    "(.safetensors or .json with chosen_/rejected_ input_ids, attention_mask, labels; see "
-                   "minorpo/conformance_io.py)")
+                   "minorpo/tools/conformance_io.py)")
     p.add_argument("--dump-batch", default=None, metavar="FILE", help="write the batch used (.safetensors or .json)")
     p.add_argument("--split", default=None, help="split of a folder or hub dataset")
     p.add_argument("--data-files", default=None, help="glob of files inside a folder or hub dataset")
     p.add_argument("--limit", type=int, default=8, help="use the first N usable pairs, as ONE batch (default 8)")
     p.add_argument("--format", default="auto", choices=["auto", *LAYOUTS],
-                   help="row layout: auto (detected from the first rows) or one of minorpo/layouts.py's")
+                   help="row layout: auto (detected from the first rows) or one of minorpo/hf/layouts.py's")
     p.add_argument("--template", default="auto", choices=["auto", "chat", "raw"], help="chat template or raw text")
     p.add_argument("--system", default=None, help="a system prompt added to chat-template prompts (LLaMA-Factory's "
                                                   "templates add their default one)")

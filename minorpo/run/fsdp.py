@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from minorpo.checkpoint import publish, rng_state, set_rng_state
+from minorpo.run.checkpoint import publish, rng_state, set_rng_state
 from minorpo.errors import UserError
 from minorpo.train import Distributed
 
@@ -119,8 +119,8 @@ def build(cfg, device, ddp, folder, model=None):
         folder = None
         model.to(device)
     else:
-        from minorpo.loader import read_config
-        from minorpo.model import build_model
+        from minorpo.hf.loader import read_config
+        from minorpo.models import build_model
         with torch.device("meta"):  # shapes only: no memory, no initialization
             model = build_model(read_config(folder))
     expected = {k: v.shape for k, v in model.state_dict().items()}  # the base model's tensors, full shapes
@@ -141,7 +141,7 @@ def build(cfg, device, ddp, folder, model=None):
 def _load_shards(model, folder, expected, adapters, ddp):
     """Copy each rank's rows of every tensor into its shard: FSDP splits dim 0 as torch.chunk does (chunks of
     ceil(n / world) rows, rank r gets chunk r), and f.get_slice reads just those rows from the safetensors file."""
-    from minorpo.loader import load_state_dict
+    from minorpo.hf.loader import load_state_dict
 
     def rows(n):
         size = math.ceil(n / ddp.world)
@@ -220,7 +220,7 @@ def export(model, tokenizer, cfg, out: Path, ddp, source):
     gathering: the full tensors are all-gathered one parameter at a time and moved to rank 0's CPU memory
     (cpu_offload=True: the other ranks keep nothing), so no GPU holds more than one full parameter beyond its
     shards; rank 0's CPU memory holds the whole model (float32: 4 bytes a parameter) while it is written."""
-    from minorpo.loader import save, source_dtype
+    from minorpo.hf.loader import save, source_dtype
     from minorpo.lora import merged_state_dict, save_peft_adapter
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not ddp.main:

@@ -38,9 +38,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
-from .logprobs import softcap
-from .model import MLP, Attention, init_weights, prepare_attention, rope_cos_sin, rope_inv_freq, run_layers
+from minorpo.hf.config import ModelConfig
+from minorpo.logprobs import softcap
+from minorpo.models.llama import MLP, Attention, init_weights, prepare_attention, rope_cos_sin, rope_inv_freq, run_layers
 
 
 class GemmaRMSNorm(nn.Module):

@@ -3,7 +3,7 @@
 A checkpoint is a folder `RUN/checkpoints/step-000120/` holding
 
     weights.safetensors        the trainable weights only (LoRA adapters, or every weight for full fine-tuning;
-                               with bf16 weights and float32 masters, minorpo/master.py, the float32 masters)
+                               with bf16 weights and float32 masters, minorpo/fast/master.py, the float32 masters)
     trainer_state.safetensors  the tensors of the trainer state: AdamW's moments and step counts
                                ("optimizer.<param index>.<name>") and the torch / CUDA RNG states ("rng.*")
     trainer_state.json         the rest: step, data position (pairs seen; the data order itself is a pure function

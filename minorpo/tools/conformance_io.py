@@ -1,6 +1,6 @@
 """Files for `minorpo conformance`: another implementation's collated batch, and its logged metrics.
 
-Batch files (--batch, --dump-batch) hold the padded layout of minorpo/collate.py, as TRL's ORPO collator builds
+Batch files (--batch, --dump-batch) hold the padded layout of minorpo/batches.py, as TRL's ORPO collator builds
 it: chosen_input_ids, chosen_attention_mask, chosen_labels, rejected_input_ids, rejected_attention_mask,
 rejected_labels, each [B, T] (T may differ between chosen and rejected; labels = input ids on response tokens,
 -100 elsewhere). As safetensors (`.safetensors`) or JSON (a dict of nested lists). Pickles (`.pt`, `.pkl`, `.bin`)
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from minorpo.errors import UserError
 
 BATCH_KEYS = ("chosen_input_ids", "chosen_attention_mask", "chosen_labels",
               "rejected_input_ids", "rejected_attention_mask", "rejected_labels")

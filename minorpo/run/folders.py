@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from minorpo.checkpoint import checkpoint_step, clean_temporary, latest_valid_checkpoint, verify_checkpoint
+from minorpo.run.checkpoint import checkpoint_step, clean_temporary, latest_valid_checkpoint, verify_checkpoint
 from minorpo.errors import UserError
-from minorpo.fileio import atomic_write
+from minorpo.run.fileio import atomic_write
 
 RUN_MARKERS = ("config.json", "metrics.jsonl", "checkpoints")
 RUN_ENTRIES = set(RUN_MARKERS) | {"run_info.json", "data_report.json", "resumes.jsonl", "adapter", "final", "plots",

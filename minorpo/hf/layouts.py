@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .errors import UserError
+from minorpo.errors import UserError
 
 LAYOUTS = {
     "standard": "prompt, chosen, rejected as strings",

@@ -16,8 +16,8 @@ import argparse
 
 import torch
 
-from .errors import UserError
-from .model import KVCache
+from minorpo.errors import UserError
+from minorpo.models.llama import KVCache
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -123,7 +123,7 @@ def add_cli(subparsers) -> None:
 
 def check_cli(args) -> None:
     """The flags of `minorpo generate`, checked before the model loads."""
-    from .validate import check_device, check_local_model
+    from minorpo.run.validate import check_device, check_local_model
     if not args.prompt.strip():
         raise UserError("--prompt is empty: give the text to continue")
     if args.max_new_tokens < 1:
@@ -137,14 +137,14 @@ def check_cli(args) -> None:
     check_device(args.device)
     check_local_model(args.model)
     if args.chat:
-        from .tokenizer import load_tokenizer
+        from minorpo.hf.tokenizer import load_tokenizer
         if load_tokenizer(args.model, revision=args.revision).chat_template is None:
             raise UserError(f"--chat: the tokenizer of {args.model} has no chat template (drop --chat to continue "
                             f"the prompt as raw text)")
 
 
 def run_cli(args) -> int:
-    from .loader import load
+    from minorpo.hf.loader import load
     check_cli(args)
     model, tok = load(args.model, dtype=DTYPES[args.dtype], revision=args.revision, device=args.device)
     if args.chat:  # check_cli made sure the tokenizer has a chat template

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .config import ModelConfig
-from .model import activation, attend, init_weights, prepare_attention, run_layers
+from minorpo.hf.config import ModelConfig
+from minorpo.models.llama import activation, attend, init_weights, prepare_attention, run_layers
 
 POSITION_OFFSET = 2  # OPT looks up position p at row p + 2 of embed_positions
 

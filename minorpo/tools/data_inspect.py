@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from .data import load_preferences
-from .errors import UserError
-from .tokenizer import load_tokenizer
+from minorpo.data import load_preferences
+from minorpo.errors import UserError
+from minorpo.hf.tokenizer import load_tokenizer
 
 BOUNDARY = "▌"  # printed between the last prompt token and the first response token
 
@@ -49,8 +49,8 @@ def length_stats(dataset) -> str:
 
 
 def run(args) -> int:
-    from .train import DATA_FIELDS, TrainConfig, data_config
-    from .validate import check_fields, check_local_data
+    from minorpo.train import DATA_FIELDS, TrainConfig, data_config
+    from minorpo.run.validate import check_fields, check_local_data
 
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in DATA_FIELDS})  # train's defaults for the rest
     for required in ("model", "data"):
@@ -75,7 +75,7 @@ def run(args) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from .train import DATA_FIELDS, add_flags
+    from minorpo.train import DATA_FIELDS, add_flags
 
     data = subparsers.add_parser("data", help="preference data tools (see `minorpo data inspect --help`)")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

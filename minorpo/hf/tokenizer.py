@@ -34,8 +34,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _BackendTokenizer
 
-from .errors import MissingFileError, UserError
-from .fileio import first_line, is_local_path, no_such_path
+from minorpo.errors import MissingFileError, UserError
+from minorpo.run.fileio import first_line, is_local_path, no_such_path
 
 # the named special tokens transformers passes to chat templates (its SPECIAL_TOKENS_ATTRIBUTES), in its order
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")

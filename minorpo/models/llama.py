@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .config import ModelConfig
+from minorpo.hf.config import ModelConfig
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -148,7 +148,7 @@ def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows
         # the backward pass. Letting every query see itself keeps those rows finite; real rows are unchanged
         # since a real token always sees itself anyway. With a padding mask, only queries that see nothing get
         # this: a right-padding query then attends to the real tokens alone, as in transformers (whose pad rows
-        # TRL's and LLaMA-Factory's logits/* metrics average over; minorpo/conventions.py).
+        # TRL's and LLaMA-Factory's logits/* metrics average over; minorpo/tools/conventions.py).
         itself = query_itself(T, S, device)
         allowed = allowed | (itself if block else itself & ~allowed.any(-1, keepdim=True))
         masks[window] = allowed[:, None]                                                  # (B, 1, T, S)
@@ -404,16 +404,3 @@ def init_weights(model: nn.Module, std: float = 0.02):
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    """A randomly initialized model of config's architecture (load weights with minorpo.loader)."""
-    if config.model_type == "opt":
-        from .opt import OPTForCausalLM
-        return OPTForCausalLM(config)
-    if config.model_type == "gemma3_text":
-        from .gemma3 import Gemma3ForCausalLM
-        return Gemma3ForCausalLM(config)
-    if config.model_type in ("llama", "mistral", "qwen2", "qwen3"):
-        return LlamaForCausalLM(config)
-    raise ValueError(f"unsupported model_type {config.model_type!r}")

@@ -96,7 +96,7 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
     if cfg.eval_data:
         check_local_data(cfg.eval_data, "--eval-data", split=cfg.eval_split or None)
     if cfg.fsdp or cfg.fsdp_cpu_offload or not cfg.reshard_after_forward:
-        from minorpo.fsdp import check  # what --fsdp and its options need (imported only when they are used)
+        from minorpo.run.fsdp import check  # what --fsdp and its options need (imported only when they are used)
         check(cfg)
 
 
@@ -126,12 +126,12 @@ def check_local_model(name: str, option: str = "--model", lora_targets: str | No
     """A model given as a local folder must hold config.json (readable by minorpo), tokenizer.json and weights;
     lora_targets (--lora-targets) must name layers the model has, which a weightless copy on the meta device tells.
 
-    Hub ids are checked when they are fetched (minorpo.loader.resolve)."""
+    Hub ids are checked when they are fetched (minorpo.hf.loader.resolve)."""
     import torch
 
-    from minorpo.loader import read_config, resolve, weight_files
+    from minorpo.hf.loader import read_config, resolve, weight_files
     from minorpo.lora import _resolve_targets
-    from minorpo.model import build_model
+    from minorpo.models import build_model
     folder = resolve(name, local_only=True)
     if folder is None:
         return
@@ -152,8 +152,8 @@ def check_local_model(name: str, option: str = "--model", lora_targets: str | No
 
 def check_local_data(source, option: str = "--data", **select) -> None:
     """A data source given as a local path must exist and (a folder) hold a file matching the selection."""
-    from minorpo.datafiles import resolve_files
-    from minorpo.fileio import is_local_path
+    from minorpo.hf.datafiles import resolve_files
+    from minorpo.run.fileio import is_local_path
     if is_local_path(source):
         try:
             resolve_files(source, **select)

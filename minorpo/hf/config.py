@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
+from minorpo.errors import UserError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "opt")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .loss import log_odds_ratio
-from .logprobs import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, logit_sums, shift_labels, token_logps
+from minorpo.loss import log_odds_ratio
+from minorpo.logprobs import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, logit_sums, shift_labels, token_logps
 
 DIMENSIONS = {
     "nll_coverage": ("response", "response-pad-id", "prompt+response", "prompt+response-pad-id"),
@@ -124,7 +124,7 @@ def score_batch(model, batch: dict, pad_id: int, official_pad_id: int, max_lengt
     pad_id pads rows to a common length; official_pad_id is the id the official convention filters from the NLL
     and scores after each response (its code sets pad = eos). Rows of max_length tokens count as truncated (no
     extra target). Position ids are 0..T-1 on every row, pads included, as a transformers model numbers them
-    when none are passed (TRL, LLaMA-Factory), and a pad attends to the real tokens only (minorpo.model).
+    when none are passed (TRL, LLaMA-Factory), and a pad attends to the real tokens only (minorpo.models.llama).
     """
     device = next(model.parameters()).device
     cat = {k: v.to(device) for k, v in concatenated(batch, pad_id, pad_to_multiple_of).items()}

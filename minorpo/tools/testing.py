@@ -1,6 +1,6 @@
 """Bring your own ORPO loss: drive it with generated batches, name its convention, list what it breaks.
 
-    from minorpo.testing import assert_orpo_conforms
+    from minorpo.tools.testing import assert_orpo_conforms
 
     def my_loss(chosen_logps, chosen_mask, nll_mask, rejected_logps, rejected_mask, lam):
         ...                                   # [B, T] float32 token log-probs, [B, T] bool masks
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .conventions import KNOWN
-from .loss import log_odds_ratio
+from minorpo.tools.conventions import KNOWN
+from minorpo.loss import log_odds_ratio
 
 CANDIDATES = {"nll_coverage": ("response", "prompt+response"),
               "nll_normalization": ("token_mean", "sequence_mean", "sequence_sum", "batch_sum"),
@@ -49,7 +49,7 @@ def _hypothesis():
         import hypothesis
         from hypothesis import strategies
     except ImportError:
-        raise ImportError("minorpo.testing generates batches with hypothesis: pip install hypothesis "
+        raise ImportError("minorpo.tools.testing generates batches with hypothesis: pip install hypothesis "
                           "(or minorpo[test])") from None
     return hypothesis, strategies
 
