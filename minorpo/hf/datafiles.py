@@ -16,13 +16,13 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import json
-import os
 import zlib
 from pathlib import Path
 from typing import Iterator
 
 from minorpo.errors import MissingFileError, UserError
-from minorpo.run.fileio import first_line, is_local_path, no_such_path
+from minorpo.hf import hub
+from minorpo.run.fileio import first_line, no_such_path
 
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
@@ -155,36 +155,18 @@ def select_files(files: list[str], split: str | None = None, data_files: str | N
 
 def resolve_files(source, split: str | None = None, data_files: str | None = None,
                   revision: str | None = None) -> list[Path]:
-    """Local paths of the data files of `source`: a file, a folder, or a hub dataset id ("org/name")."""
-    path = Path(source).expanduser()
-    if path.is_file():
+    """Local paths of the data files of `source`: a file, a folder, or a hub dataset id ("org/name"), whose
+    selected files (only those) are downloaded to the HF cache (hub.py)."""
+    path = hub.local(source, "data file or folder")
+    if path is not None and path.is_file():
         return [path]
-    if path.is_dir():
+    if path is not None:
         files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         return [path / f for f in select_files(files, split, data_files)]
-    if is_local_path(source):
-        raise MissingFileError(no_such_path(source, "data file or folder"))
-    return _hub_files(str(source), split, data_files, revision)
-
-
-def _hub_files(repo_id: str, split, data_files, revision) -> list[Path]:
-    """Download the selected files of a hub dataset (only those) into the HF cache."""
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download  # only hub sources need it
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    try:
-        if offline:  # the cache may hold a snapshot from an earlier run
-            local = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
-            files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
-            return [local / f for f in select_files(files, split, data_files)]
-        files = HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision)
-        return [Path(hf_hub_download(repo_id, f, repo_type="dataset", revision=revision))
-                for f in select_files(files, split, data_files)]
-    except DataFileError:
-        raise
-    except Exception as e:  # offline, unknown repo, gated repo, network error
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {first_line(e)}"
-        raise DataFileError(f"data source {repo_id!r} is not a local file or folder, and fetching it as a hub "
-                            f"dataset failed ({why}). Pass a local .jsonl/.json/.parquet file or go online.") from e
+    return hub.dataset_files(str(source), lambda files: select_files(files, split, data_files), revision=revision,
+                             failed=lambda why: DataFileError(
+        f"data source {str(source)!r} is not a local file or folder, and fetching it as a hub dataset failed "
+        f"({why}). Pass a local .jsonl/.json/.parquet file or go online."))
 
 
 def iter_rows(source, split: str | None = None, data_files: str | None = None,

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from minorpo.hf.config import ConfigError, ModelConfig
-from minorpo.errors import MissingFileError, UserError
-from minorpo.run.fileio import first_line, is_local_path, no_such_path
+from minorpo.errors import UserError
+from minorpo.hf import hub
 from minorpo.models import build_model
 
 # What a hub download fetches: config, safetensors weights, tokenizer files. Never *.bin, never *.py.
@@ -40,30 +40,19 @@ class CheckpointError(UserError):
 
 
 def resolve(model_id_or_dir: str | os.PathLike, revision: str | None = None, local_only: bool = False) -> Path | None:
-    """A local folder as is, or a hub id downloaded (config/safetensors/tokenizer files only) to the HF cache.
-
-    A value that looks like a local path (fileio.is_local_path) and is not a folder fails at once, without a hub
-    lookup; local_only=True returns None for a hub id instead of fetching it."""
-    path = Path(model_id_or_dir).expanduser()
-    if path.is_dir():
-        return path
+    """A local folder as is, or a hub id downloaded (config/safetensors/tokenizer files only) to the HF cache
+    (hub.py); local_only=True returns None for a hub id instead of fetching it."""
     name = str(model_id_or_dir)
-    if path.exists():
-        raise CheckpointError(f"{name} is a file, not a model folder (config.json + *.safetensors + tokenizer.json)")
-    if is_local_path(name):
-        raise MissingFileError(no_such_path(name, "model folder"))
+    path = hub.local(model_id_or_dir, "model folder")
+    if path is not None:
+        if not path.is_dir():
+            raise CheckpointError(f"{name} is a file, not a model folder (config.json + *.safetensors + tokenizer.json)")
+        return path
     if local_only:
         return None
-    from huggingface_hub import snapshot_download  # imported here: only hub ids need it
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    try:
-        return Path(snapshot_download(name, revision=revision, allow_patterns=HUB_FILES,
-                                      local_files_only=offline))
-    except Exception as e:  # network, offline mode, unknown repo, gated repo: all end the same way for the user
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"{name}: no such local folder, and fetching it from the Hugging Face Hub "
-                              f"failed ({first_line(why)}). Pass a folder holding config.json and *.safetensors, "
-                              f"or go online.") from e
+    return hub.snapshot(name, revision=revision, allow_patterns=HUB_FILES, failed=lambda why: CheckpointError(
+        f"{name}: no such local folder, and fetching it from the Hugging Face Hub failed ({why}). Pass a folder "
+        f"holding config.json and *.safetensors, or go online."))
 
 
 def read_config(folder: Path) -> ModelConfig:

@@ -35,7 +35,8 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as _BackendTokenizer
 
 from minorpo.errors import MissingFileError, UserError
-from minorpo.run.fileio import first_line, is_local_path, no_such_path
+from minorpo.hf import hub
+from minorpo.run.fileio import first_line
 
 # the named special tokens transformers passes to chat templates (its SPECIAL_TOKENS_ATTRIBUTES), in its order
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -277,25 +278,13 @@ HUB_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template
 
 
 def load_tokenizer(model_id_or_dir, revision: str | None = None) -> Tokenizer:
-    """Tokenizer.from_dir of a local folder, or of a hub model id fetched with its tokenizer files only."""
-    import os
-
-    path = Path(model_id_or_dir).expanduser()
-    if path.is_dir():
-        return Tokenizer.from_dir(path)
+    """Tokenizer.from_dir of a local folder, or of a hub model id fetched with its tokenizer files only (hub.py)."""
     name = str(model_id_or_dir)
-    if path.exists():
+    path = hub.local(model_id_or_dir, "model folder")
+    if path is not None and not path.is_dir():
         raise UserError(f"{name} is a file, not a model folder (one holding tokenizer.json)")
-    if is_local_path(name):
-        raise MissingFileError(no_such_path(name, "model folder"))
-    from huggingface_hub import snapshot_download  # only hub ids need it
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    try:
-        folder = snapshot_download(name, revision=revision, allow_patterns=HUB_TOKENIZER_FILES,
-                                   local_files_only=offline)
-    except Exception as e:  # offline, unknown or gated repo, network error
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
-        raise MissingFileError(f"{name}: no such local folder, and fetching its tokenizer from the Hugging Face "
-                               f"Hub failed ({first_line(why)}). Pass a folder holding tokenizer.json.") from e
-    return Tokenizer.from_dir(folder)
+    if path is None:
+        path = hub.snapshot(name, revision=revision, allow_patterns=HUB_TOKENIZER_FILES, failed=lambda why:
+                            MissingFileError(f"{name}: no such local folder, and fetching its tokenizer from the "
+                                             f"Hugging Face Hub failed ({why}). Pass a folder holding tokenizer.json."))
+    return Tokenizer.from_dir(path)
