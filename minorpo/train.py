@@ -42,6 +42,7 @@ from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
 from minorpo.errors import UserError
 from minorpo.run.fileio import atomic_write
 from minorpo.hf.layouts import LAYOUTS
+from minorpo.hf.loader import DTYPES
 from minorpo.logprobs import compiled_head
 from minorpo.fast.master import MasterWeights
 from minorpo.run.validate import check_train_config
@@ -154,7 +155,7 @@ class TrainConfig:
                                                           "benchmarks and sweeps that only need metrics)"})
     export_dtype: str = field(default="auto", metadata={"help": "dtype of the weights in RUN/final: auto = the dtype of the model's "
                                                                 "own checkpoint (bf16 for a bf16 model), or float32, bfloat16, float16",
-                                                        "choices": ["auto", "float32", "bfloat16", "float16"]})
+                                                        "choices": ["auto", *DTYPES]})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -501,7 +502,7 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     elif ddp.main and cfg.export:
         from minorpo.hf.loader import save, source_dtype
         if cfg.export_dtype != "auto":
-            dtype = getattr(torch, cfg.export_dtype)
+            dtype = DTYPES[cfg.export_dtype]
         else:  # the checkpoint's own dtype; a model passed in without a folder: its parameters' dtype
             dtype = source_dtype(source) if source.is_dir() else next(model.parameters()).dtype
         if cfg.lora_r > 0:

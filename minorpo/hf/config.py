@@ -1,6 +1,6 @@
 """ModelConfig: the few numbers that define a decoder-only model, read from a transformers config.json.
 
-minorpo supports three families (see model.py, gemma3.py and opt.py):
+minorpo supports three families (see models/llama.py, gemma3.py and opt.py):
   - "llama", "mistral", "qwen2", "qwen3" (Llama 2/3/3.1, Mistral, Qwen2/2.5/3, SmolLM2): RMSNorm, RoPE, GQA, SwiGLU;
     Qwen3 adds a per-head RMSNorm on queries and keys (qk_norm).
   - "gemma3_text" (Gemma 3, text only): the Llama block with the departures listed in gemma3.py.

@@ -35,6 +35,11 @@ HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.sa
 PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
 
 
+# The weight dtypes a command can ask for (--dtype, --export-dtype), under the names config.json's torch_dtype
+# uses (save() writes them).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 class CheckpointError(UserError):
     """A checkpoint folder that cannot be loaded (missing file, wrong tensor, unsupported format)."""
 

@@ -220,12 +220,12 @@ def export(model, tokenizer, cfg, out: Path, ddp, source):
     gathering: the full tensors are all-gathered one parameter at a time and moved to rank 0's CPU memory
     (cpu_offload=True: the other ranks keep nothing), so no GPU holds more than one full parameter beyond its
     shards; rank 0's CPU memory holds the whole model (float32: 4 bytes a parameter) while it is written."""
-    from minorpo.hf.loader import save, source_dtype
+    from minorpo.hf.loader import DTYPES, save, source_dtype
     from minorpo.lora import merged_state_dict, save_peft_adapter
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not ddp.main:
         return
-    dtype = source_dtype(source) if cfg.export_dtype == "auto" else getattr(torch, cfg.export_dtype)
+    dtype = source_dtype(source) if cfg.export_dtype == "auto" else DTYPES[cfg.export_dtype]
     if cfg.lora_r > 0:
         save_peft_adapter(model, out / "adapter", base_model_name_or_path=cfg.model, state_dict=full)
         save(model, tokenizer, out / "final", state_dict=merged_state_dict(model, full), dtype=dtype, source=source)

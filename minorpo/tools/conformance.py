@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from minorpo.tools.conventions import DIMENSIONS, KNOWN, Predictor, combinations, score_batch
 from minorpo.errors import UserError
 from minorpo.hf.layouts import LAYOUTS
+from minorpo.hf.loader import DTYPES
 
 # the quantities compared, in the order printed
 QUANTITIES = ["loss", "nll_loss", "odds_ratio_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen",
@@ -258,8 +257,7 @@ def run(args) -> int:
     if (args.batch is None) == (args.data is None):
         raise UserError("pass exactly one of --data (pairs minorpo tokenizes) or --batch (a collated batch file)")
     batch = load_batch(args.batch) if args.batch else None
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    model, tokenizer = load(args.model, dtype=dtype, revision=args.revision, device=args.device)
+    model, tokenizer = load(args.model, dtype=DTYPES[args.dtype], revision=args.revision, device=args.device)
     pad = pad_token_id(tokenizer)
     what = f"the batch in {args.batch}"
     if batch is None:
@@ -329,7 +327,7 @@ def add_cli(subparsers) -> None:
                    "with the reason, when they fit no averaging) or ignore them")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative precision of the reported numbers (default "
                    "1e-4, for float32 logs; 1e-3 with TF32 matmuls, 1e-2 for numbers logged in bf16)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--chunk-size", type=int, default=1024, help="token positions per log-prob chunk")
     p.set_defaults(func=run)

@@ -17,6 +17,7 @@ import argparse
 import torch
 
 from minorpo.errors import UserError
+from minorpo.hf.loader import DTYPES
 from minorpo.models.llama import KVCache
 
 
@@ -96,9 +97,6 @@ def generate(model, input_ids, max_new_tokens: int = 64, *, attention_mask=None,
 
 # ----------------------------------------------------------------------------------------------------------
 # Command line
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
