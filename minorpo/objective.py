@@ -29,6 +29,7 @@ import torch
 
 from minorpo import loss as L
 from minorpo.batches import collate_padded, collate_shared_prompt, pad_token_id  # noqa: F401  (pad_token_id: train.py)
+from minorpo.fast import flex
 from minorpo.logprobs import sequence_logps
 from minorpo.lora import lora_disabled, lora_layers
 
@@ -54,8 +55,8 @@ class LossSpec:
             raise ValueError("unpadded rows are implemented for layout='shared' only")
         if self.attention not in ("sdpa", "flex"):
             raise ValueError(f"attention must be 'sdpa' or 'flex', got {self.attention!r}")
-        if self.attention == "flex" and self.layout != "shared":
-            raise ValueError("attention='flex' is implemented for layout='shared' (its block mask) only")
+        if self.attention == "flex":
+            flex.check(self.layout)
 
 
 def collate(pairs, pad_id: int, device) -> dict:
@@ -97,8 +98,7 @@ def _attention(batch: dict, spec: LossSpec) -> dict:
     """The shared-layout batch with its [B, T, T] block mask as FlexAttention's BlockMask when spec.attention is flex."""
     if spec.attention != "flex":
         return batch
-    from minorpo.models.llama import flex_block_mask
-    return {**batch, "attention_mask": flex_block_mask(batch["attention_mask"])}
+    return {**batch, "attention_mask": flex.block_mask(batch["attention_mask"])}
 
 
 def _unpadded_rows(batch: dict):

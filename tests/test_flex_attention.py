@@ -1,7 +1,7 @@
-"""FlexAttention for the shared-prompt layout (`--attention flex`, model.flex_block_mask): same numbers, fewer blocks.
+"""FlexAttention for the shared-prompt layout (`--attention flex`, minorpo/fast/flex.py): same numbers, fewer blocks.
 
 PyTorch's FlexAttention has no CPU backward, so on the CPU these tests check the forward only (training with it
-needs CUDA; reproduce/cuda_check.py compares its loss and gradient with SDPA's there). Oracles:
+needs CUDA; tests/test_cuda.py compares its loss and gradient with SDPA's there). Oracles:
   * the same model with SDPA and the dense [B, T, T] block mask (collate.py). float64 on both sides, different
     kernels (FlexAttention's reference path vs SDPA's math path: another order of summation), so 1e-10 relative;
     a wrong mask (a rejected token seeing the chosen response, say) moves log-probs by 1e-2 or more;
@@ -15,8 +15,8 @@ from conftest import assert_close
 from minorpo import objective
 from minorpo.batches import collate_shared_prompt
 from minorpo.data import DataConfig, load_preferences
+from minorpo.fast.flex import block_mask as flex_block_mask
 from minorpo.hf.loader import load
-from minorpo.models.llama import flex_block_mask
 from minorpo.train import TrainConfig, train
 from test_train import tiny_run_files
 
@@ -108,7 +108,7 @@ def test_flex_needs_the_shared_layout_and_cuda(inputs, tmp_path):
 @pytest.mark.parametrize("arch", ["mistral", "gemma3"])
 def test_sliding_window_layers_equal_sdpa(tmp_path, arch):
     """Sliding-window layers (Mistral: window 8 on every layer; Gemma 3: window 4 on layers 0 and 2, layer 1 global)
-    get their own BlockMask (model.flex_sliding_window): hidden states of a shared-layout batch equal SDPA's with
+    get their own BlockMask (flex.sliding_window): hidden states of a shared-layout batch equal SDPA's with
     the dense mask, which prepare_attention windows in each sequence's own positions (float64, 1e-10 as above).
     The rows (13-24 tokens) are longer than the windows, so the windows do cut allowed pairs (asserted)."""
     from types import SimpleNamespace
@@ -171,10 +171,10 @@ def test_under_autocast_flex_gets_bf16_inputs_and_matches_sdpa_accuracy(inputs, 
     so minorpo casts q, k, v itself (RoPE leaves q and k float32 while v is bf16: a compiled CUDA kernel would get
     mixed dtypes). Checked: the kernel receives bf16 q, k, v, and the hidden states' error against the float64
     model is within 1.5x SDPA's under the same autocast (the "as accurate as the other kernel" oracle of
-    reproduce/cuda_check.py; measured 9.2e-3 vs 9.4e-3)."""
+    tests/test_cuda.py; measured 9.2e-3 vs 9.4e-3)."""
     import copy
 
-    import minorpo.models.llama as M
+    import minorpo.fast.flex as M
     model, tok, pairs = _model_and_pairs(inputs)
     model = model.float()
     m64 = copy.deepcopy(model).double()

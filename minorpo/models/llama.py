@@ -24,12 +24,12 @@ Where this model departs from the textbook transformer (Vaswani et al. 2017):
   - no dropout anywhere: these checkpoints use none, and minorpo trains OPT without it too (TRL's ORPOTrainer
     also disables dropout by default).
 
-The attention-mask and KV-cache plumbing below (`KVCache`, `prepare_attention`) is shared with opt.py and gemma3.py.
+The attention-mask and KV-cache plumbing below (`KVCache`, `prepare_attention`) is shared with opt.py and gemma3.py;
+a FlexAttention mask (`--attention flex`) is handed to minorpo/fast/flex.py.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from minorpo.fast import flex
 from minorpo.hf.config import ModelConfig
 
 ACTIVATIONS = {
@@ -83,39 +84,28 @@ class KVCache:
 
 
 def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows=(None,)):
-    """Turn the caller's mask into what scaled_dot_product_attention wants.
+    """Turn the caller's mask into what scaled_dot_product_attention wants: one mask per attention window.
 
     attention_mask: None (causal) | [B, S] 0/1 padding mask (S = cached + new tokens) | [B, T, S] bool block mask
-    | a FlexAttention BlockMask (flex_block_mask below; needs position_ids and no cache).
-    Returns (position_ids [B, T], masks: {window: bool [B, 1, T, S] or None, or a BlockMask}). A mask of None
-    means plain causal attention over T == S tokens (or one new token that sees every cached one): SDPA's is_causal.
+    (the shared-prompt layout's, batches.py; needs position_ids) | a FlexAttention BlockMask (minorpo/fast/flex.py).
+    Returns (position_ids [B, T], masks: {window: bool [B, 1, T, S] or None}). A mask of None means plain causal
+    attention over T == S tokens (or one new token that sees every cached one): SDPA's is_causal.
     """
+    if flex.is_block_mask(attention_mask):
+        return flex.prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows)
     B, T = input_ids.shape
     past = len(kv_cache) if kv_cache is not None else 0
     S = past + T
-    device = input_ids.device
-    if is_flex_mask(attention_mask):
-        if position_ids is None or kv_cache is not None:
-            raise ValueError("a FlexAttention BlockMask needs explicit position_ids and no KV cache (use a [B, T, S] "
-                             "bool mask there)")
-        if tuple(attention_mask.shape[-2:]) != (T, T) or attention_mask.shape[0] not in (1, B):
-            raise ValueError(f"BlockMask of shape {tuple(attention_mask.shape)} for {B} rows of {T} tokens")
-        return position_ids, {w: attention_mask if w is None else flex_sliding_window(attention_mask, position_ids, w)
-                              for w in windows}
     block = attention_mask is not None and attention_mask.dim() == 3
-
-    if attention_mask is not None:
-        want = (B, T, S) if block else (B, S)
-        if tuple(attention_mask.shape) != want:
-            kind = "block mask [B, T, S]" if block else "padding mask [B, S] (S = cached + new tokens)"
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; a {kind} here must "
-                             f"have shape {want}")
-
+    if attention_mask is not None and tuple(attention_mask.shape) != ((B, T, S) if block else (B, S)):
+        kind = "block mask [B, T, S]" if block else "padding mask [B, S] (S = cached + new tokens)"
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; a {kind} here must "
+                         f"have shape {(B, T, S) if block else (B, S)}")
     if position_ids is None:
         if block:
             raise ValueError("a [B, T, S] block attention_mask needs explicit position_ids")
         if attention_mask is None:
-            position_ids = torch.arange(past, S, device=device).expand(B, T)                  # (B, T)
+            position_ids = torch.arange(past, S, device=input_ids.device).expand(B, T)      # (B, T)
         else:  # count real tokens so left-padded rows still start at 0; pads get 0 (never used)
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]    # (B, T)
     elif tuple(position_ids.shape) != (B, T):
@@ -125,34 +115,34 @@ def prepare_attention(input_ids, attention_mask, position_ids, kv_cache, windows
         if kv_cache.positions is not None:
             key_positions = torch.cat([kv_cache.positions, position_ids], dim=1)          # (B, S)
         kv_cache.positions = key_positions
+    return position_ids, {w: dense_mask(attention_mask, position_ids, key_positions, w) for w in windows}
 
-    masks = {}
-    for window in windows:
-        if window in masks:
-            continue
-        plain = attention_mask is None and (past == 0 or T == 1)
-        if plain and (window is None or S <= window):
-            masks[window] = None
-            continue
-        if block:
-            allowed = attention_mask.bool()                                               # (B, T, S)
-        else:
-            q_idx = torch.arange(past, S, device=device)
-            allowed = (torch.arange(S, device=device)[None, :] <= q_idx[:, None]).expand(B, T, S)
-            if attention_mask is not None:
-                allowed = allowed & attention_mask.bool()[:, None, :]                     # (B, T, S)
-        if window is not None:  # Mistral/Qwen2 sliding window: keep keys fewer than `window` positions back
-            distance = position_ids[:, :, None] - key_positions[:, None, :]               # (B, T, S)
-            allowed = allowed & (distance < window)
-        # A query with no visible key (a padding row) would make softmax return NaN, and NaN * 0 is still NaN in
-        # the backward pass. Letting every query see itself keeps those rows finite; real rows are unchanged
-        # since a real token always sees itself anyway. With a padding mask, only queries that see nothing get
-        # this: a right-padding query then attends to the real tokens alone, as in transformers (whose pad rows
-        # TRL's and LLaMA-Factory's logits/* metrics average over; minorpo/tools/conventions.py).
-        itself = query_itself(T, S, device)
-        allowed = allowed | (itself if block else itself & ~allowed.any(-1, keepdim=True))
-        masks[window] = allowed[:, None]                                                  # (B, 1, T, S)
-    return position_ids, masks
+
+def dense_mask(attention_mask, position_ids, key_positions, window):
+    """The bool [B, 1, T, S] mask of one window (True = may attend), or None for plain causal attention."""
+    (B, T), S = position_ids.shape, key_positions.shape[1]
+    past, device = S - T, position_ids.device
+    block = attention_mask is not None and attention_mask.dim() == 3
+    if attention_mask is None and (past == 0 or T == 1) and (window is None or S <= window):
+        return None
+    if block:
+        allowed = attention_mask.bool()                                                   # (B, T, S)
+    else:
+        q_idx = torch.arange(past, S, device=device)
+        allowed = (torch.arange(S, device=device)[None, :] <= q_idx[:, None]).expand(B, T, S)
+        if attention_mask is not None:
+            allowed = allowed & attention_mask.bool()[:, None, :]                         # (B, T, S)
+    if window is not None:  # Mistral/Qwen2 sliding window: keep keys fewer than `window` positions back
+        distance = position_ids[:, :, None] - key_positions[:, None, :]                   # (B, T, S)
+        allowed = allowed & (distance < window)
+    # A query with no visible key (a padding row) would make softmax return NaN, and NaN * 0 is still NaN in
+    # the backward pass. Letting every query see itself keeps those rows finite; real rows are unchanged
+    # since a real token always sees itself anyway. With a padding mask, only queries that see nothing get
+    # this: a right-padding query then attends to the real tokens alone, as in transformers (whose pad rows
+    # TRL's and LLaMA-Factory's logits/* metrics average over; minorpo/tools/conventions.py).
+    itself = torch.arange(S, device=device)[None, :] == torch.arange(past, S, device=device)[:, None]  # (T, S)
+    allowed = allowed | (itself if block else itself & ~allowed.any(-1, keepdim=True))
+    return allowed[:, None]                                                               # (B, 1, T, S)
 
 
 def run_layers(model, x, layer_args, masks, kv_cache):
@@ -169,68 +159,14 @@ def run_layers(model, x, layer_args, masks, kv_cache):
 
 def attend(q, k, v, mask, scale=None):
     """softmax(q k^T * scale + mask) v through PyTorch's fused kernel. q: (B, nh, T, hs), k/v: (B, nkv, S, hs)."""
-    if is_flex_mask(mask):  # FlexAttention: blocks the mask rules out entirely are never computed; GQA built in
-        device = q.device.type
-        if torch.is_autocast_enabled(device):  # autocast casts SDPA's inputs to bf16; it does not know flex_attention
-            dtype = torch.get_autocast_dtype(device)
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        return _flex_attention(q.is_cuda)(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    if flex.is_block_mask(mask):
+        return flex.attend(q, k, v, mask, scale)
     if k.shape[1] != q.shape[1]:  # GQA: query head j reads key/value head j // (nh / nkv)
         rep = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(rep, dim=1)                                                # (B, nh, S, hs)
         v = v.repeat_interleave(rep, dim=1)                                                # (B, nh, S, hs)
     is_causal = mask is None and q.shape[2] > 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
-
-
-def query_itself(T: int, S: int, device) -> torch.Tensor:
-    """(T, S) bool, True where key s is query t itself: the T queries are the last T of the S positions."""
-    return torch.arange(S, device=device)[None, :] == torch.arange(S - T, S, device=device)[:, None]
-
-
-def is_flex_mask(mask) -> bool:
-    return type(mask).__name__ == "BlockMask"  # torch.nn.attention.flex_attention.BlockMask, without importing it
-
-
-def flex_block_mask(allowed: torch.Tensor):
-    """FlexAttention's BlockMask for a [B, T, S] bool mask (True = query t may attend key s), e.g. the shared layout's.
-
-    FlexAttention (PyTorch >= 2.5) cuts the T x S score matrix into 128 x 128 blocks and skips every block in which
-    no pair is allowed: for the shared layout, the blocks above the causal diagonal, rejected queries x chosen keys
-    and padding (42% of the blocks for three rows of 300-700 tokens, tests/test_flex_attention.py), where SDPA with
-    a dense mask computes every block. Blocks that are entirely allowed run without reading the mask. As in
-    prepare_attention, every query may see itself.
-    """
-    from torch.nn.attention.flex_attention import create_block_mask
-    B, T, S = allowed.shape
-    allowed = allowed | query_itself(T, S, allowed.device)
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return allowed[b, q_idx, kv_idx]
-
-    return create_block_mask(mask_mod, B, None, T, S, device=allowed.device)
-
-
-def flex_sliding_window(block_mask, position_ids: torch.Tensor, window: int):
-    """The BlockMask of a sliding-window layer: block_mask's pairs whose key is fewer than `window` positions before
-    the query, positions counted in each sequence's own position_ids (as prepare_attention does for dense masks, so
-    a rejected token of the shared layout counts its distance to the prompt as if chosen were not there)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-    base = block_mask.mask_mod
-    B, T = position_ids.shape
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return base(b, h, q_idx, kv_idx) & (position_ids[b, q_idx] - position_ids[b, kv_idx] < window)
-
-    return create_block_mask(mask_mod, B, None, T, T, device=position_ids.device)
-
-
-@functools.cache
-def _flex_attention(cuda: bool):
-    """flex_attention, compiled on CUDA (its fast form: one generated kernel per mask_mod) and plain on the CPU
-    (a slow reference path that PyTorch provides for the forward only: tests compare it with SDPA there)."""
-    from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=True) if cuda else flex_attention
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class OPTForCausalLM(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, return_hidden=False):
         """Logits [B, T, V], or with return_hidden the hidden states [B, T, P] fed to lm_head.
 
-        Same arguments as LlamaForCausalLM.forward (see model.prepare_attention).
+        Same arguments as LlamaForCausalLM.forward (see llama.prepare_attention).
         """
         dec = self.model.decoder
         position_ids, masks = prepare_attention(input_ids, attention_mask, position_ids, kv_cache)

@@ -11,6 +11,7 @@ import math
 from dataclasses import fields
 
 from minorpo.errors import MissingFileError, UserError
+from minorpo.fast import flex
 
 
 def flag(name: str) -> str:
@@ -79,11 +80,8 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
     if cfg.chunk_size == 0 and cfg.layout != "padded":
         raise UserError("--chunk-size 0 (unchunked log-probs) works with --layout padded only")
     device = check_device(cfg.device)
-    if cfg.attention == "flex" and device.type != "cuda":
-        raise UserError(f"--attention flex trains on CUDA only (PyTorch's FlexAttention has no backward on "
-                        f"{device.type}); use --attention sdpa")
-    if cfg.attention == "flex" and cfg.layout != "shared":
-        raise UserError("--attention flex needs --layout shared (it skips the blocks of the shared layout's mask)")
+    if cfg.attention == "flex":
+        flex.check(cfg.layout, device)
     if cfg.report_to == "tensorboard":
         import importlib.util
         if importlib.util.find_spec("tensorboard") is None:
