@@ -10,7 +10,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -197,7 +196,7 @@ def test_trainer_state_is_json_and_safetensors_and_restores_exactly(tmp_path):
                                                       "trainer_state.safetensors", "weights.safetensors"]
     for p in ckpt.iterdir():
         assert not p.read_bytes().startswith((b"PK\x03\x04", b"\x80")), p.name
-    draws = (torch.rand(3), random.random(), np.random.rand())
+    draws = (torch.rand(3), random.random())
     moments = {k: v.clone() for k, v in opt.state[model.weight].items()}
 
     model2 = torch.nn.Linear(3, 2)
@@ -209,9 +208,26 @@ def test_trainer_state_is_json_and_safetensors_and_restores_exactly(tmp_path):
     for k, v in moments.items():
         assert torch.equal(opt2.state[model2.weight][k], v), k
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
-    assert torch.equal(torch.rand(3), draws[0]) and random.random() == draws[1] and np.random.rand() == draws[2]
+    assert torch.equal(torch.rand(3), draws[0]) and random.random() == draws[1]
     tensors, values = read_trainer_state(ckpt)
     assert "rng.torch" in tensors and values["step"] == 3
+
+
+def test_old_checkpoint_with_a_numpy_rng_entry_resumes(tmp_path):
+    """Checkpoints written before numpy was dropped hold the NumPy RNG state in trainer_state.json's "rng": it is
+    ignored, the rest is restored as before."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ckpt = save_checkpoint(tmp_path, 1, model, opt, sched, {"pairs_seen": 4})
+    f = ckpt / "trainer_state.json"
+    values = json.loads(f.read_text())
+    values["rng"]["numpy"] = ["MT19937", [5489] * 624, 624, 0, 0.0]  # what an older minorpo wrote
+    f.write_text(json.dumps(values))
+    draws = (torch.rand(3), random.random())
+    state = load_checkpoint(ckpt, torch.nn.Linear(3, 2), opt, sched)
+    assert state["step"] == 1 and state["pairs_seen"] == 4
+    assert torch.equal(torch.rand(3), draws[0]) and random.random() == draws[1]
 
 
 def test_old_pickle_checkpoint_is_refused_by_name(tmp_path):

@@ -8,7 +8,7 @@ A checkpoint is a folder `RUN/checkpoints/step-000120/` holding
                                ("optimizer.<param index>.<name>") and the torch / CUDA RNG states ("rng.*")
     trainer_state.json         the rest: step, data position (pairs seen; the data order itself is a pure function
                                of seed and step, train.step_indices), scheduler state, the optimizer's param groups,
-                               Python and NumPy RNG states
+                               Python's RNG state
     MANIFEST.json              size and SHA-256 of each file above, written last
 
 Loading needs no pickle: torch.load (which can run code from a pickle) is not used. It is written into a
@@ -25,7 +25,6 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -43,14 +42,13 @@ def _sha256(path: Path) -> str:
 
 
 def rng_state() -> tuple[dict, dict]:
-    """(tensors, JSON values): torch and CUDA RNG states as byte tensors, Python's and NumPy's as lists."""
+    """(tensors, JSON values): torch and CUDA RNG states as byte tensors, Python's as a list. (NumPy's is not
+    saved: nothing in minorpo draws from it. A checkpoint written when it was has a "numpy" entry; it is ignored.)"""
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     version, words, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return tensors, {"python": [version, list(words), gauss],
-                     "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    return tensors, {"python": [version, list(words), gauss]}
 
 
 def set_rng_state(tensors: dict, values: dict):
@@ -60,8 +58,6 @@ def set_rng_state(tensors: dict, values: dict):
         torch.cuda.set_rng_state_all(cuda)
     version, words, gauss = values["python"]
     random.setstate((version, tuple(words), gauss))
-    kind, keys, pos, has_gauss, cached = values["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def optimizer_state(optimizer) -> tuple[dict, dict]:
