@@ -1,30 +1,21 @@
 """Float32 master weights for bf16 full fine-tuning (`--precision bf16-weights --lora-r 0`).
 
-Mixed precision as in Micikevicius et al. 2018 ("Mixed Precision Training"), without their loss scaling: bf16
-has float32's exponent range, so small gradients do not underflow the way float16's do.
-
-Why keep two copies of every weight. The model runs its forward and backward on bf16 weights directly, so no
-float32 weight has to be re-cast to bf16 in every forward (which is what autocast, `--precision bf16`, does: on
-an H100 those casts were 16% of a step's GPU time, reproduce/results/gpu/README.md). But the optimizer cannot
-update bf16 weights directly: bf16 keeps 8 significant bits, so a weight of 0.05 can only move in steps of
-2^-12 = 2.4e-4, and an AdamW update of lr = 8e-6 (the paper's) rounds to no change at all. So the optimizer owns
-a float32 copy of each weight (its "master"), and the bf16 weight is only ever a rounded copy of it:
+The model runs forward and backward on bf16 weights, so no float32 weight is cast to bf16 in every forward (as
+autocast, `--precision bf16`, does). But bf16 keeps 8 significant bits: a weight of 0.05 moves in steps of
+2^-12 = 2.4e-4, and an AdamW update of lr = 8e-6 would round to no change. So the optimizer owns a float32 copy
+of each weight (its master), and the bf16 weight is only ever the master rounded (Micikevicius et al. 2018,
+without loss scaling: bf16 has float32's exponent range):
 
     backward            each bf16 weight receives its bf16 gradient
     hook, per weight    master.grad += grad.float();  weight.grad = None   (accumulated over micro-batches in fp32)
     optimizer.step()    AdamW on the float32 masters (moments in float32)
     copy_to_model()     weight.copy_(master): rounded to bf16 for the next forward
 
-Memory per parameter: 2 (bf16 weight) + 4 (master) + 4 (float32 gradient) + 8 (AdamW moments) = 18 bytes,
-against 16 for float32 weights under autocast, which also holds a bf16 copy of every weight during a step.
-
-Checkpoints store the masters (float32, under the model's parameter names), so a resumed run continues from the
-exact float32 weights; the exported model (RUN/final) is the bf16 model that was trained and evaluated.
-
-What the masters do not fix: each gradient is still computed in bf16 before it reaches its master. One caveat
-measured here: PyTorch's CPU embedding backward sums a token's occurrences in bf16 (200 occurrences: 1.7% error,
-against 0.1% for one rounding), so the embedding's gradient is the least exact (tests/test_train.py, the
-two-process bf16 test). `--precision bf16` (autocast over float32 weights) has float32 gradients throughout.
+Memory: 18 bytes per parameter (2 bf16 weight, 4 master, 4 gradient, 8 AdamW moments), against 16 for float32
+weights under autocast. Checkpoints store the masters, so a resumed run continues from the exact float32 weights;
+the exported model is the bf16 model that was trained. Each gradient is still computed in bf16 before it reaches
+its master.
+Same results: tests/test_master.py, tests/test_train_precision.py (and tests/test_cuda.py on a GPU).
 """
 
 import torch
