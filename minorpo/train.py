@@ -15,36 +15,39 @@ What one optimizer step does (global batch = batch_size x grad_accum x world_siz
      checkpoint every save_every steps (atomically; --resume continues from the newest intact one).
 At the end: the LoRA adapter as a PEFT folder (RUN/adapter) and a merged, transformers-loadable model (RUN/final).
 
-Under torchrun the same script runs data-parallel (nccl on CUDA, gloo on CPU): each rank takes its share of every
-global batch, and before the optimizer step the ranks' gradients are summed with one all-reduce (what
-DistributedDataParallel does, written out: Distributed.sum_gradients); metrics are averaged across ranks, and
-rank 0 alone writes files. With --fsdp (minorpo/run/fsdp.py) the ranks hold shards of the model instead of copies.
+Under torchrun the same script runs data-parallel: each rank takes its share of every global batch, the ranks'
+gradients are summed before the optimizer step, rank 0 alone writes files (minorpo/run/distributed.py). With
+--fsdp (minorpo/run/fsdp.py) the ranks hold shards of the model instead of copies.
 """
 
-import argparse
 import copy
 import functools
 import json
 import math
-import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from minorpo import objective
+from minorpo.errors import UserError
+from minorpo.fast.buckets import bucketed_step_indices
+from minorpo.fast.master import MasterWeights
+from minorpo.hf.layouts import LAYOUTS
+from minorpo.hf.loader import DTYPES, load_model, resolve, save, source_dtype
+from minorpo.hf.tokenizer import Tokenizer
+from minorpo.logprobs import compiled_head
+from minorpo.lora import apply_lora, merged_state_dict, save_peft_adapter
 from minorpo.run import folders as runs
 from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
-from minorpo.errors import UserError
+from minorpo.run.distributed import Distributed, pick_device
 from minorpo.run.fileio import atomic_write
-from minorpo.hf.layouts import LAYOUTS
-from minorpo.hf.loader import DTYPES
-from minorpo.logprobs import compiled_head
-from minorpo.fast.master import MasterWeights
+from minorpo.run.pairs import load_pairs
+from minorpo.run.progress import Progress
 from minorpo.run.validate import check_train_config
 
 
@@ -78,7 +81,7 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = no clipping)"})
     seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and dropout"})
-    # --- data (the data fields are shared with `minorpo data inspect`: see data_config below)
+    # --- data (the data fields are shared with `minorpo data inspect`: minorpo/run/pairs.py)
     split: str = field(default="", metadata={"help": "split of a folder or hub dataset --data: files named <split>.* or <split>-*, or a <split>/ "
                                                      "folder (default: train, unless --data-files picks the files)"})
     data_files: str = field(default="", metadata={"help": "glob of the files to read inside a folder or hub dataset --data (e.g. 'pairs*.jsonl')"})
@@ -175,12 +178,6 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def step_indices(n: int, step: int, global_batch: int, seed: int) -> list:
     """The data indices of optimizer step `step`: a fresh seeded permutation each epoch, consumed in order.
 
@@ -197,88 +194,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> list:
     return torch.randperm(n, generator=g).tolist()
 
 
-def bucketed_step_indices(lengths: list, step: int, global_batch: int, seed: int, window: int) -> list:
-    """step_indices with length bucketing: the pairs of `window` consecutive steps, sorted by length, dealt out
-    as `window` batches of similar lengths, the batches in a seeded order. Each window trains exactly the pairs
-    of the same steps without bucketing; only who shares a batch (and so the padding) changes. Still a pure
-    function of the step, so resume stays exact.
-    """
-    w, k = divmod(step, window)
-    pool = sorted(step_indices(len(lengths), w, global_batch * window, seed), key=lambda i: lengths[i])  # stable
-    g = torch.Generator().manual_seed(seed * 1_000_003 + 500_009 + w)
-    b = int(torch.randperm(window, generator=g)[k])  # which of the window's batches this step takes
-    return pool[b * global_batch:(b + 1) * global_batch]
-
-
-class Distributed:
-    """torchrun support: rank / world size, and the few collectives the loop uses. A no-op without torchrun."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.backend = "nccl" if device.type == "cuda" else "gloo"
-
-    def start(self):
-        """Create the process group. train() does this only once the model is built, on purpose: PyTorch (2.13)
-        keeps references to the default process group from the first random op on the meta device (the loader
-        builds the model there) made while one exists; destroy_process_group then cannot stop gloo's worker
-        threads, and one that frees a tensor during interpreter shutdown aborts the process ("terminate called
-        without an active exception", about 1 run in 100). tests/test_train.py checks that the threads are gone."""
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend=self.backend)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, x: float) -> float:
-        if self.world == 1:
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.item()
-
-    def broadcast_parameters(self, params):
-        """Start every rank from rank 0's weights (they agree anyway: same file, same seed; this makes it so)."""
-        if self.world == 1:
-            return
-        with torch.no_grad():
-            for p in params:
-                dist.broadcast(p.data, src=0)
-
-    def sum_gradients(self, params):
-        """Replace each gradient by its sum over ranks: one all-reduce of all gradients packed in one buffer.
-
-        Each rank's loss is normalized by the *global* batch's counts (objective.count_targets), so the sum over
-        ranks is exactly the gradient of the whole global batch. DistributedDataParallel does the same sum in
-        buckets overlapped with the backward pass; one buffer after backward is slower on many GPUs and simpler.
-        """
-        if self.world == 1:
-            return
-        for p in params:  # a parameter this rank's batch did not reach still takes part, with a zero gradient
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        by_dtype = {}
-        for p in params:
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-        for grads in by_dtype.values():
-            flat = torch.cat([g.reshape(-1) for g in grads])                                   # (sum of numels,)
-            dist.all_reduce(flat)                                                              # sum over ranks
-            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
-                g.copy_(part.view_as(g))
-
-    def mean_dict(self, d: dict) -> dict:
-        if self.world == 1:
-            return d
-        keys = sorted(d)
-        t = torch.tensor([float(d[k]) for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        return {k: v / self.world for k, v in zip(keys, t.tolist())}
-
-    def close(self):
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+def eval_due(cfg: TrainConfig, step: int) -> bool:
+    """Evaluate after this step? Every eval_every steps and after the last one (eval_every 0: only at step 0)."""
+    return bool(cfg.eval_every) and (step % cfg.eval_every == 0 or step == cfg.max_steps)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,7 +213,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     """
     check_train_config(cfg, model=model is None, data=pairs is None)  # every setting, before anything slow (minorpo/run/validate.py)
     device = pick_device(cfg.device)
-    if cfg.fsdp:
+    fsdp = None
+    if cfg.fsdp:  # the sharded path (minorpo/run/fsdp.py): imported only when used, FSDP's own imports are slow
         from minorpo.run import fsdp
     ddp = fsdp.ShardedDistributed(device) if cfg.fsdp else Distributed(device)
     start = runs.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
@@ -306,17 +225,15 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, device, ddp, model, tokenizer, pairs, start)
+        return _train(cfg, device, ddp, fsdp, model, tokenizer, pairs, start)
     finally:
         ddp.close()
         torch.backends.cuda.enable_cudnn_sdp(cudnn_before)
         torch.set_num_threads(threads_before)
 
 
-def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.Start) -> dict:
-    """train()'s body: model, data, optimizer, the loop, the export."""
-    from minorpo.lora import apply_lora, save_peft_adapter
-
+def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: runs.Start) -> dict:
+    """train()'s body: model, data, optimizer, the loop, the export. fsdp: minorpo.run.fsdp with --fsdp, else None."""
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     if device.type == "cuda" and ddp.world > 1:
@@ -329,8 +246,6 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     # --- tokenizer and data first: a mistake in the data is reported before the model loads
     source = Path(cfg.model)  # the model folder (a hub id: its local copy)
     if model is None or tokenizer is None:
-        from minorpo.hf.loader import resolve
-        from minorpo.hf.tokenizer import Tokenizer
         source = resolve(cfg.model, cfg.revision or None)
         tokenizer = tokenizer or Tokenizer.from_dir(source)
     if cfg.chat_template and tokenizer.chat_template is None:
@@ -357,11 +272,9 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
 
     # --- model
     if cfg.fsdp:  # read shard by shard into a sharded model, LoRA included
-        from minorpo.run import fsdp
         model = fsdp.build(cfg, device, ddp, source, model)
     else:
         if model is None:
-            from minorpo.hf.loader import load_model
             dtype = torch.bfloat16 if cfg.precision == "bf16-weights" else torch.float32
             model = load_model(source, dtype=dtype)
         model.to(device)
@@ -438,7 +351,8 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     # --- the loop
     metrics = runs.MetricsLog(out, start_step, resumed=start.checkpoint is not None, report_to=cfg.report_to,
                               main=ddp.main)
-    bar = Progress(cfg, start_step, global_batch, len(eval_set), ddp.main)
+    evals = sum(eval_due(cfg, s) for s in range(start_step + 1, cfg.max_steps + 1)) + (start_step == 0)
+    bar = Progress(cfg, start_step, global_batch, len(eval_set), evals, ddp.main)
     model.train()
     last = {}
     if start_step == 0:
@@ -448,7 +362,7 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     for step in range(start_step, cfg.max_steps):
         t0 = time.time()
         if cfg.length_buckets:
-            idx = bucketed_step_indices(lengths, step, global_batch, cfg.seed, cfg.length_buckets)
+            idx = bucketed_step_indices(lengths, step, global_batch, cfg.seed, cfg.length_buckets, step_indices)
         else:
             idx = step_indices(len(train_set), step, global_batch, cfg.seed)
         mine = idx[ddp.rank::ddp.world]  # this rank's share of the global batch
@@ -500,151 +414,16 @@ def _train(cfg: TrainConfig, device, ddp, model, tokenizer, pairs, start: runs.S
     if cfg.fsdp and cfg.export:  # every rank gathers, rank 0 writes
         fsdp.export(model, tokenizer, cfg, out, ddp, source)
     elif ddp.main and cfg.export:
-        from minorpo.hf.loader import save, source_dtype
         if cfg.export_dtype != "auto":
             dtype = DTYPES[cfg.export_dtype]
         else:  # the checkpoint's own dtype; a model passed in without a folder: its parameters' dtype
             dtype = source_dtype(source) if source.is_dir() else next(model.parameters()).dtype
         if cfg.lora_r > 0:
             save_peft_adapter(model, out / "adapter", base_model_name_or_path=cfg.model)
-            save(model, tokenizer, out / "final", state_dict=_merged(model), dtype=dtype, source=source)
+            save(model, tokenizer, out / "final", state_dict=merged_state_dict(model), dtype=dtype, source=source)
         else:
             save(model, tokenizer, out / "final", dtype=dtype, source=source)
         log(f"done: {cfg.max_steps - start_step} steps in {time.time() - t_start:.1f}s; "
             f"{'adapter in ' + str(out / 'adapter') + ', ' if cfg.lora_r else ''}merged model ({dtype}) in {out / 'final'}")
     return last
 
-
-def eval_due(cfg: TrainConfig, step: int) -> bool:
-    """Evaluate after this step? Every eval_every steps and after the last one (eval_every 0: only at step 0)."""
-    return bool(cfg.eval_every) and (step % cfg.eval_every == 0 or step == cfg.max_steps)
-
-
-# the fields that say how the data is read and cut: `minorpo data inspect` takes exactly these flags
-DATA_FIELDS = ("model", "revision", "data", "split", "data_files", "format", "chat_template", "max_length",
-               "max_prompt_length", "prompt_truncation")
-
-
-def data_config(cfg) -> "DataConfig":
-    """The DataConfig of a TrainConfig's data fields: how `train` reads and cuts rows (and `data inspect`, which
-    builds its settings from the same fields, shows it)."""
-    from minorpo.data import DataConfig
-    return DataConfig(format=cfg.format, template="chat" if cfg.chat_template else "auto", max_length=cfg.max_length,
-                      max_prompt_length=cfg.max_prompt_length or cfg.max_length // 2,
-                      prompt_truncation=cfg.prompt_truncation)
-
-
-def load_pairs(cfg: TrainConfig, tokenizer, out, log, eval_data: bool = False):
-    """Read and tokenize cfg.data (or cfg.eval_data); the report of dropped rows is printed once and, for
-    --data, saved as RUN/data_report.json."""
-    from minorpo.data import load_preferences
-    if eval_data:
-        source, option, select = cfg.eval_data, "--eval-data", {"split": cfg.eval_split or None}
-        limit = cfg.eval_pairs or None
-    else:
-        source, option, select = cfg.data, "--data", {"split": cfg.split or None, "data_files": cfg.data_files or None}
-        limit = cfg.max_pairs or None
-    ds = load_preferences(source, tokenizer, data_config(cfg), limit=limit, progress=cfg.progress, **select)
-    log(f"{option}: " + ds.report.format(max_rows=5) + (f"\n(every dropped row: {out / 'data_report.json'})" if out else ""))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        report = {"layout": ds.report.layout, "rows_read": ds.report.rows_read, "kept": ds.report.kept,
-                  "dropped_by_reason": ds.report.counts(), "prompts_truncated": ds.report.prompts_truncated,
-                  "responses_truncated": ds.report.responses_truncated,
-                  "dropped": [{"where": w, "reason": r, "detail": d} for w, r, d in ds.report.dropped]}
-        atomic_write(out / "data_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=1)))
-    if not ds.examples:
-        if not ds.report.rows_read:
-            raise UserError(f"{option} {source}: no rows (the selected files are empty)")
-        raise UserError(f"{option} {source}: no usable preference pairs: all {ds.report.rows_read} rows were dropped "
-                        f"(the drop report above says why)")
-    return ds.examples
-
-
-def _merged(model):
-    from minorpo.lora import merged_state_dict
-    return merged_state_dict(model)
-
-
-class Progress:
-    """One progress bar over the whole run, evaluations included, so its ETA covers them too.
-
-    Its unit is the work of one pair's forward pass: a training step costs about 3 per pair (forward + backward),
-    an evaluation 1 per held-out pair. The bar's text counts steps and evaluation batches.
-    """
-
-    def __init__(self, cfg: TrainConfig, start: int, global_batch: int, eval_pairs: int, main: bool):
-        self.bar, self.cfg, self.eval_pairs = None, cfg, eval_pairs
-        self.step_cost = 3 * global_batch
-        if not (cfg.progress and main):
-            return
-        from tqdm import tqdm
-        evals = sum(eval_due(cfg, s) for s in range(start + 1, cfg.max_steps + 1)) + (start == 0)
-        total = (cfg.max_steps - start) * self.step_cost + evals * eval_pairs
-        self.bar = tqdm(total=total, desc=f"{cfg.method} step {start}/{cfg.max_steps}", dynamic_ncols=True,
-                        smoothing=0, bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]{postfix}")
-
-    def step(self, step: int, loss: float, lr: float):
-        if self.bar is not None:
-            self.bar.set_description_str(f"{self.cfg.method} step {step}/{self.cfg.max_steps}", refresh=False)
-            self.bar.set_postfix_str(f"loss {loss:.4f}, lr {lr:.2e}", refresh=False)
-            self.bar.update(self.step_cost)
-
-    def eval_batch(self, done: int, total: int, n: int):
-        """Called by objective.evaluate after each batch (n pairs, done of total)."""
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"evaluating {done}/{total} held-out pairs", refresh=False)
-            self.bar.update(n)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# command line: one flag per TrainConfig field, with the field's help text
-
-
-def add_cli(subparsers):
-    p = subparsers.add_parser("train", help="train with ORPO (or SFT / DPO for comparison)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="a JSON object of settings (the options below, with _ for -; a "
-                                                     "run's own config.json works): options given here override it")
-    add_flags(p)
-    p.add_argument("--lambda", dest="lam", type=float, default=argparse.SUPPRESS, help="same as --lam")
-    p.set_defaults(func=_cli_main)
-
-
-def add_flags(p, names=None):
-    """One flag per TrainConfig field (or per field in `names`: `data inspect` takes train's data fields)."""
-    for f in fields(TrainConfig):  # default SUPPRESS: what was typed is told apart from defaults (--config)
-        if names is not None and f.name not in names:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kw = {"help": (f.metadata.get("help", "") + f" (default: {f.default!r})").replace("%", "%%"),
-              "default": argparse.SUPPRESS}
-        if f.name == "resume":
-            p.add_argument(flag, nargs="?", const="latest", metavar="PATH", **kw)
-        elif f.type in (bool, "bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-            p.add_argument(flag, type=typ, **kw)
-
-
-def config_from_args(args) -> TrainConfig:
-    """TrainConfig from defaults, then --config FILE, then the options typed on the command line."""
-    settings = runs.read_config_file(args.config, TrainConfig) if args.config else {}
-    names = {f.name for f in fields(TrainConfig)}
-    settings.update({k: v for k, v in vars(args).items() if k in names})
-    for required in ("model", "data"):
-        if not settings.get(required):
-            raise UserError(f"--{required} is required (on the command line or in --config)")
-    return TrainConfig(**settings)
-
-
-def _cli_main(args) -> int:
-    train(config_from_args(args))
-    return 0

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python reproduce/x.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
+from minorpo.run.distributed import pick_device  # noqa: E402
 from minorpo.tools.plot import moving_average  # noqa: E402,F401  (one trailing mean for the scripts and `minorpo plot`)
 
 HOLDS, FAILS, INCONCLUSIVE = "HOLDS", "DOES NOT HOLD", "INCONCLUSIVE"
@@ -110,12 +111,6 @@ def parse_args(description: str, presets: dict, argv=None, extra=None) -> argpar
     args.preset_name = name
     args.settings = dict(presets[name])
     return args
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def hardware(device: torch.device | None = None) -> dict:

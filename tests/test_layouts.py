@@ -16,7 +16,8 @@ from minorpo.batches import IGNORE, collate_padded
 from minorpo.data import load_preferences
 from minorpo.errors import UserError
 from minorpo.hf.tokenizer import Tokenizer
-from minorpo.train import TrainConfig, data_config
+from minorpo.run.pairs import data_config
+from minorpo.train import TrainConfig
 
 
 def ids(*pieces):

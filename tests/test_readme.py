@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 from minorpo.tools.cli import build_parser
-from minorpo.train import config_from_args
+from minorpo.tools.train_cli import config_from_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

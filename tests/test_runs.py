@@ -240,7 +240,7 @@ def test_old_pickle_checkpoint_is_refused_by_name(tmp_path):
 
 def test_resume_flag_takes_an_optional_path():
     from minorpo.tools.cli import build_parser
-    from minorpo.train import config_from_args
+    from minorpo.tools.train_cli import config_from_args
     parse = lambda *a: config_from_args(build_parser("train").parse_args(["train", "--model", "m", "--data", "d", *a]))
     assert parse().resume == "" and parse("--resume").resume == "latest"
     assert parse("--resume", "runs/x/checkpoints/step-000010").resume == "runs/x/checkpoints/step-000010"

@@ -224,7 +224,7 @@ def test_two_process_gloo_equals_one_process(tiny_run_inputs, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     # After train() returns, gloo's worker threads must be gone (destroy_process_group joined them). Were they left,
     # one freeing a tensor during interpreter shutdown would abort the process now and then (see
-    # minorpo.train.Distributed.start): this checks the cause every run instead of waiting for the rare crash.
+    # minorpo.run.distributed.Distributed.start): this checks the cause every run instead of waiting for the rare crash.
     for rank in (0, 1):
         names = (tmp_path / f"rank{rank}").read_text().split()
         assert "python" in names and not any("gloo" in n for n in names), (rank, names)

@@ -23,7 +23,8 @@ from conftest import assert_close
 from minorpo import objective
 from minorpo.data import DataConfig, load_preferences
 from minorpo.hf.loader import load
-from minorpo.train import TrainConfig, bucketed_step_indices, step_indices, train
+from minorpo.fast.buckets import bucketed_step_indices
+from minorpo.train import TrainConfig, step_indices, train
 from test_train import tiny_run_files
 
 RTOL, ATOL = 1e-10, 1e-12  # float64, same rows (see the module docstring)
@@ -150,14 +151,15 @@ def test_length_buckets_keep_each_windows_pairs_and_cut_padding(inputs):
     for w in range(3):  # three windows: the third crosses the first epoch's end (40 pairs = 20 steps of 2)
         steps = range(w * W, (w + 1) * W)
         plain = [step_indices(len(pairs), s, G, seed=7) for s in steps]
-        bucketed = [bucketed_step_indices(lengths, s, G, seed=7, window=W) for s in steps]
+        bucketed = [bucketed_step_indices(lengths, s, G, seed=7, window=W, step_indices=step_indices) for s in steps]
         assert all(len(b) == G for b in bucketed)
         assert sorted(i for b in bucketed for i in b) == sorted(i for b in plain for i in b)
         plain_tokens += sum(G * max(lengths[i] for i in b) for b in plain)
         bucket_tokens += sum(G * max(lengths[i] for i in b) for b in bucketed)
     assert bucket_tokens < plain_tokens
     # a pure function of the step: asking again (as a resumed run does) gives the same batch
-    assert bucketed_step_indices(lengths, 7, G, 7, W) == bucketed_step_indices(lengths, 7, G, 7, W)
+    assert (bucketed_step_indices(lengths, 7, G, 7, W, step_indices)
+            == bucketed_step_indices(lengths, 7, G, 7, W, step_indices))
 
 
 def test_length_buckets_resume_is_exact(inputs, tmp_path):

@@ -8,7 +8,7 @@ only while that block runs:
     forward, per block     all-gather the block's shards -> full weights, run it, free them again
     backward, per block    all-gather again, compute the gradients, reduce-scatter them: each rank keeps the
                            *sum* over ranks of its own 1/N (minorpo normalizes by the global batch, objective.py,
-                           so the sum is the gradient of the whole batch, as in train.Distributed.sum_gradients)
+                           so the sum is the gradient of the whole batch, as in run/distributed.py's sum_gradients)
     optimizer.step()       AdamW on the local shards only (they are DTensors; clipping sees the global norm)
 
 train.py's loop is unchanged apart from a few `if cfg.fsdp:` lines; the parameter names stay the model's, so
@@ -43,7 +43,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 
 from minorpo.run.checkpoint import publish, rng_state, set_rng_state
 from minorpo.errors import UserError
-from minorpo.train import Distributed
+from minorpo.run.distributed import Distributed
 
 
 def check(cfg):
@@ -64,7 +64,7 @@ def check(cfg):
 
 
 class ShardedDistributed(Distributed):
-    """train.Distributed for --fsdp: a process group even for one rank, a device mesh, and no explicit all-reduce
+    """Distributed (minorpo/run/distributed.py) for --fsdp: a process group even for one rank, a device mesh, and no explicit all-reduce
     (the gradients were reduce-scattered during backward)."""
 
     mesh = None
@@ -129,7 +129,7 @@ def build(cfg, device, ddp, folder, model=None):
         apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=targets,
                    device=device)
     adapters = {n: p.detach().clone() for n, p in model.named_parameters() if not p.is_meta} if folder else {}
-    ddp.start()  # after the meta-device build (see train.Distributed.start)
+    ddp.start()  # after the meta-device build (see Distributed.start)
     shard(model, cfg, ddp.mesh, device)
     if folder is not None:
         model.to_empty(device="cpu" if cfg.fsdp_cpu_offload else device)  # allocates this rank's shards only

@@ -101,8 +101,10 @@ def check_train_config(cfg, model: bool = True, data: bool = True) -> None:
 def check_device(name: str, option: str = "--device"):
     """The torch.device of a --device value ('auto' = CUDA if present), or UserError if it is not usable here."""
     import torch
+
+    from minorpo.run.distributed import pick_device
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return pick_device(name)
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):

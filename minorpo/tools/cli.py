@@ -16,7 +16,7 @@ from minorpo.errors import UserError
 COMMANDS = {
     "generate": "minorpo.tools.generate",
     "data": "minorpo.tools.data_inspect",
-    "train": "minorpo.train",
+    "train": "minorpo.tools.train_cli",
     "plot": "minorpo.tools.plot",
     "conformance": "minorpo.tools.conformance",
     "exercises": "minorpo.exercises.grader",

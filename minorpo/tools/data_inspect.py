@@ -3,7 +3,7 @@
 For a few examples it prints the rendered prompt and responses with the prompt/response boundary marked at the
 token level (the last prompt tokens, then the first response tokens: the first one is the first trained label),
 the token counts, then token-length statistics and the drop report of the whole file. Its data flags are
-`minorpo train`'s own, with train's defaults (max length, prompt cap and truncation: train.data_config), so what it
+`minorpo train`'s own, with train's defaults (max length, prompt cap and truncation: run/pairs.data_config), so what it
 shows is what train will read.
 """
 
@@ -49,7 +49,8 @@ def length_stats(dataset) -> str:
 
 
 def run(args) -> int:
-    from minorpo.train import DATA_FIELDS, TrainConfig, data_config
+    from minorpo.run.pairs import DATA_FIELDS, data_config
+    from minorpo.train import TrainConfig
     from minorpo.run.validate import check_fields, check_local_data
 
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in DATA_FIELDS})  # train's defaults for the rest
@@ -75,7 +76,8 @@ def run(args) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from minorpo.train import DATA_FIELDS, add_flags
+    from minorpo.run.pairs import DATA_FIELDS
+    from minorpo.tools.train_cli import add_flags
 
     data = subparsers.add_parser("data", help="preference data tools (see `minorpo data inspect --help`)")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
