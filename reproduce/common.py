@@ -1,30 +1,40 @@
-"""Shared pieces of the reproduce/ scripts: command line, models and data, trends, plots, the results file.
+"""Shared pieces of the reproduce/ scripts: command line, models and data, the measured training runs, plots,
+the results file. The statistics and decision rules are in stats.py.
 
-Every script follows the same shape:
+Every training script follows the same shape:
 
-    args = common.parse_args(__doc__, PRESETS)         # --model --data --preset {paper,cpu} --smoke --out ...
-    rec = common.Recorder(args, "script_name", CLAIM)  # starts the clock, records command and hardware
-    ... measure ...
-    rec.finish(measured, verdict, reason, figures)     # prints the claim, numbers, verdict; writes JSON + PNGs
+    args = common.parse_args(__doc__, PRESETS)          # --model-family --preset --seeds --smoke --results ...
+    rec = common.Recorder(args, "script_name")          # starts the clock, records command and hardware
+    for seed in args.seeds:                              # each seed draws its own subset of pairs
+        trained, heldout = common.draw_subsets(pool, s["train_pairs"], s["heldout_pairs"], seed)
+        runs = {arm: common.train_measured(args, ...) for arm in ...}   # same pairs, same order in every arm
+        ... precondition first, then each sub-claim as a per-pair test (stats.mean_test) ...
+    rec.finish(measured, claims, figures)               # one verdict per claim; JSON + PNGs
 
-Presets. `paper`: the paper's setting where it is known (a GPU job). `cpu`: finishes in about 15 minutes on 2 CPU
-cores with SmolLM2-135M and the HH-RLHF file; it uses LoRA and short sequences, because a full fine-tuning step
-of a 135M model takes tens of seconds there. `--smoke`: a tiny random model and a tiny in-process data set, for
-the tests (seconds); its numbers mean nothing, it only proves the script runs to a verdict.
+The design (issue 13): train repeatedly on a small fixed subset (48 pairs x 4 epochs on the cpu preset), measure
+per pair, on that subset and on a held-out subset, at fixed steps (every epoch), and compare arms pair by pair.
+One step-0 measurement is shared by every arm of a seed (they start from the same weights).
 
-Verdicts are HOLDS, DOES NOT HOLD or INCONCLUSIVE, decided from a fitted trend with its standard error
-(`linear_trend`, `trend_verdict`) or from a statistic with a confidence interval, never from two points.
+Presets. `paper`: the paper's setting where it is known (a GPU job). `cpu`: each script <= 30 minutes on 2 idle
+CPU cores (see README.md's sizing note), from the Gemma 3 270M base model (--model-family base, the default; the
+paper starts from base models) or SmolLM2-135M-Instruct (--model-family instruct); full fine-tuning, the shared
++ unpadded layout, sequences cut to 128 tokens. `--smoke`: a tiny random model and tiny in-process pairs, for
+the tests (seconds); its numbers mean nothing, it only proves the script runs to verdicts.
+
+Where results go: a temporary folder outside the checkout by default; `--results` writes them to
+reproduce/results/<model>/<script>/ (what run_all.sh does), `--out DIR` anywhere else.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import platform
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,40 +43,53 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python reproduce/x.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from minorpo.run.distributed import pick_device  # noqa: E402
 from minorpo.tools.plot import moving_average  # noqa: E402,F401  (one trailing mean for the scripts and `minorpo plot`)
+from stats import FAILS, HOLDS, INCONCLUSIVE  # noqa: E402,F401
 
-HOLDS, FAILS, INCONCLUSIVE = "HOLDS", "DOES NOT HOLD", "INCONCLUSIVE"
 RESULTS = REPO / "reproduce" / "results"
 
 # Defaults for a user with internet; the scripts' presets may override them.
 DEFAULT_DATA = "Anthropic/hh-rlhf"
-LOCAL_HH_RLHF = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+# the HH-RLHF harmless-base test file (2,312 rows) of ../shared, found beside a checkout or a worktree of it
+LOCAL_HH_RLHF = next((p / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz" for p in REPO.parents[:2]
+                      if (p / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz").exists()),
+                     REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz")
+FIXTURES = Path.home() / ".cache" / "minorpo-fixtures"
 
-# Settings shared by the scripts that train (probability_inflation, orpo_vs_sft, odds_vs_probability_ratio,
-# lambda_ablation). "train" holds minorpo.train.TrainConfig fields.
+# The cpu preset's two models: the local fixture folder when it exists (built by ../shared/tools/make-*-fixture),
+# else the hub id. `tag` names the results folder, so both models' results sit side by side.
+MODEL_FAMILIES = {
+    "base": {"tag": "gemma-3-270m", "fixture": FIXTURES / "gemma3-270m", "hub": "google/gemma-3-270m"},
+    "instruct": {"tag": "smollm2-135m-instruct", "fixture": FIXTURES / "smollm2-135m-instruct",
+                 "hub": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+}
+
+# Settings shared by the scripts that train. "train" holds minorpo.train.TrainConfig fields.
 #   paper: the paper's Fig. 3 / 7 setting as far as it is given (OPT-350M, HH-RLHF, full fine-tuning, AdamW,
-#          warmup then cosine, max length 1024, Appendix C); batch size and step count are not given: ours.
-#   cpu:   SmolLM2-135M, the HH-RLHF harmless-base test file (2,312 rows; the same file as shared/data), LoRA
-#          r=16 on every linear layer, sequences cut to 128 tokens (prompt to its last 64), 2 pairs a step, a
-#          constant learning rate after warmup (a decaying schedule would flatten the very trend we measure).
-#          One LoRA step (2 pairs, 128 tokens) takes ~3-4 s on 2 idle cores, ~6.5 s with 1 thread on 2 cores
-#          shared with other jobs; use --threads 1 on a shared machine (2 threads spin and can be 5x slower).
+#          warmup then cosine, max length 1024, Appendix C); subset size, epochs and batch size are ours.
+#   cpu:   48 pairs x 4 epochs, 4 pairs a step (48 steps a run), held-out 48 pairs, measured every epoch; full
+#          fine-tuning, lr 2e-5 constant after 4 warmup steps (a decaying schedule would flatten the very change
+#          we measure; lr_pilot.py checks the choice), shared + unpadded layout (1.7x faster than padded at equal
+#          results), prompts cut to their last 64 tokens, 128 in all.
 #   smoke: a tiny random model, a few steps.
 TRAIN_PRESETS = {
     "paper": {"model": "facebook/opt-350m", "data": DEFAULT_DATA, "data_files": "*/train.jsonl.gz",
-              "max_length": 1024, "max_prompt_length": 1024, "pairs": 0, "smooth": 50,
-              "train": dict(lora_r=0, lr=1e-5, warmup_steps=100, schedule="cosine", batch_size=8, grad_accum=1,
-                            max_steps=2000, eval_pairs=512, eval_every=100, precision="bf16")},
-    "cpu": {"model": "HuggingFaceTB/SmolLM2-135M", "data": DEFAULT_DATA, "data_files": "harmless-base/test.jsonl.gz",
-            "max_length": 128, "max_prompt_length": 64, "pairs": 600, "smooth": 10,
-            "train": dict(lora_r=16, lora_alpha=32, lora_targets="all-linear", lr=1e-4, warmup_steps=5,
-                          schedule="constant", batch_size=2, grad_accum=1, max_steps=100, eval_pairs=16,
-                          eval_every=25)},
-    "smoke": {"max_length": 48, "max_prompt_length": 24, "pairs": 40, "smooth": 2,
-              "train": dict(lora_r=4, lora_alpha=8, lora_targets="all-linear", lr=1e-2, warmup_steps=0,
-                            schedule="constant", batch_size=2, max_steps=6, eval_pairs=6, eval_every=3)},
+              "max_length": 1024, "max_prompt_length": 1024, "pool": 4000, "train_pairs": 512,
+              "heldout_pairs": 512, "epochs": 4, "measure_every_epochs": 1,
+              "train": dict(lora_r=0, lr=8e-6, warmup_steps=20, schedule="constant", batch_size=8,
+                            layout="shared", unpadded=True, precision="bf16")},
+    "cpu": {"data": DEFAULT_DATA, "data_files": "harmless-base/test.jsonl.gz",
+            "max_length": 128, "max_prompt_length": 64, "pool": 600, "train_pairs": 48, "heldout_pairs": 48,
+            "epochs": 4, "measure_every_epochs": 1,
+            "train": dict(lora_r=0, lr=2e-5, warmup_steps=4, schedule="constant", batch_size=4,
+                          layout="shared", unpadded=True)},
+    "smoke": {"max_length": 48, "max_prompt_length": 24, "pool": 40, "train_pairs": 8, "heldout_pairs": 8,
+              "epochs": 3, "measure_every_epochs": 1,
+              "train": dict(lora_r=0, lr=3e-3, warmup_steps=0, schedule="constant", batch_size=4,
+                            layout="shared", unpadded=True)},
 }
 
 
@@ -91,17 +114,24 @@ def parse_args(description: str, presets: dict, argv=None, extra=None) -> argpar
     one is returned as args.settings (a dict). `extra(parser)` may add script-specific flags."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=[k for k in presets if k != "smoke"], default="cpu",
-                   help="paper: the paper's setting (a GPU job); cpu: ~15 min on 2 CPU cores (default)")
+                   help="paper: the paper's setting (a GPU job); cpu: <= 30 min on 2 idle CPU cores (default)")
+    p.add_argument("--model-family", choices=sorted(MODEL_FAMILIES), default="base",
+                   help="cpu preset: base = Gemma 3 270M (pretrained, as the paper starts), instruct = "
+                        "SmolLM2-135M-Instruct; the local fixture folder when it exists, else the hub id")
     p.add_argument("--model", default=None,
-                   help="hub id or local folder (config.json + *.safetensors + tokenizer.json); "
-                        "default: the preset's model")
+                   help="hub id or local folder (config.json + *.safetensors + tokenizer.json); overrides "
+                        "--model-family and the preset's model")
     p.add_argument("--data", default=None,
                    help=f"hub dataset id or local .jsonl/.jsonl.gz/.json/.parquet of preference pairs "
                         f"(default {DEFAULT_DATA}; the HH-RLHF test file: {LOCAL_HH_RLHF})")
     p.add_argument("--smoke", action="store_true",
                    help="tiny random model + tiny in-process data: checks the script runs (seconds); numbers mean nothing")
-    p.add_argument("--out", default=None, help="output folder (default reproduce/results/<script>/)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--results", action="store_true",
+                   help="write to reproduce/results/<model>/<script>/ (default: a temporary folder outside the checkout)")
+    p.add_argument("--out", default=None, help="output folder (overrides --results)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="one run per seed, each on its own subset of pairs (a claim HOLDS only where every seed holds)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's; see lr_pilot.py)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     if extra is not None:
@@ -109,8 +139,34 @@ def parse_args(description: str, presets: dict, argv=None, extra=None) -> argpar
     args = p.parse_args(argv)
     name = "smoke" if args.smoke else args.preset
     args.preset_name = name
-    args.settings = dict(presets[name])
+    args.settings = copy.deepcopy(presets[name])
+    if args.lr is not None and "train" in args.settings:
+        args.settings["train"]["lr"] = args.lr
+    args.seed = args.seeds[0]
+    args.model_used = model_name(args)
     return args
+
+
+def model_name(args) -> str:
+    """What load_model will load: --model, else the paper preset's model, else the family's fixture or hub id."""
+    if args.smoke:
+        return "tiny random llama (in-process)"
+    if args.model:
+        return args.model
+    if args.preset_name == "paper" and args.settings.get("model"):
+        return args.settings["model"]
+    fam = MODEL_FAMILIES[args.model_family]
+    return str(fam["fixture"]) if (fam["fixture"] / "config.json").exists() else fam["hub"]
+
+
+def model_tag(args) -> str:
+    """The results folder of a model: the family's tag, else the last part of --model, lower case."""
+    if args.smoke:
+        return "smoke"
+    for fam in MODEL_FAMILIES.values():
+        if args.model_used in (str(fam["fixture"]), fam["hub"]):
+            return fam["tag"]
+    return Path(str(args.model_used).rstrip("/")).name.lower()
 
 
 def hardware(device: torch.device | None = None) -> dict:
@@ -140,8 +196,8 @@ def hardware(device: torch.device | None = None) -> dict:
 class Recorder:
     """Starts the clock and knows where results go; `finish` prints and writes them."""
 
-    def __init__(self, args, script: str, claim: str):
-        self.args, self.script, self.claim = args, script, claim
+    def __init__(self, args, script: str):
+        self.args, self.script = args, script
         self.t0 = time.time()
         self.load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         if args.threads:
@@ -150,10 +206,15 @@ class Recorder:
             torch.set_num_threads(1)
         torch.manual_seed(args.seed)
         self.device = pick_device(args.device)
-        self.out = Path(args.out) if args.out else RESULTS / script
+        if args.out:
+            self.out = Path(args.out)
+        elif args.results:
+            self.out = RESULTS / model_tag(args) / script
+        else:
+            self.out = Path(tempfile.gettempdir()) / "minorpo-reproduce" / model_tag(args) / script
         self.out.mkdir(parents=True, exist_ok=True)
         self.tag = args.preset_name  # file names carry the preset, so a smoke run never overwrites cpu results
-        print(f"== {script} ({self.tag} preset) ==\nCLAIM: {claim}\n", flush=True)
+        print(f"== {script} ({self.tag} preset, {args.model_used}, seeds {args.seeds}) -> {self.out} ==", flush=True)
 
     def path(self, name: str, ext: str) -> Path:
         return self.out / f"{name}_{self.tag}.{ext}"
@@ -166,32 +227,53 @@ class Recorder:
         plt.close(fig)
         return path.name
 
-    def finish(self, measured: dict, verdict: str, reason: str, figures=(), settings: dict | None = None,
-               verdicts: dict | None = None) -> dict:
-        """Print the measured numbers and the verdict; write <out>/result_<preset>.json. Returns the record."""
-        assert verdict in (HOLDS, FAILS, INCONCLUSIVE), verdict
+    def finish(self, measured: dict, claims: dict, figures=(), settings: dict | None = None) -> dict:
+        """Print the measured numbers and one verdict per claim; write <out>/result_<preset>.json.
+
+        claims: {short name: {"claim": the statement, "verdict", "reason", "sub_verdicts": {name: verdict},
+        "per_seed": {seed: verdict}, "precondition": {seed: reason}}} (claim() builds one). Unrelated claims
+        (memory and time; the Fig. 6 simulation and the App. B training) are separate entries."""
+        for c in claims.values():
+            assert c["verdict"] in (HOLDS, FAILS, INCONCLUSIVE), c
         wall = time.time() - self.t0
         record = {
-            "script": self.script, "claim": self.claim, "preset": self.tag,
+            "script": self.script, "preset": self.tag,
             "command": "python " + " ".join([os.path.relpath(sys.argv[0], Path.cwd())] + sys.argv[1:]),
             "hardware": {**hardware(self.device), "load_average_1min_at_start": self.load_at_start},
-            "wall_time_s": round(wall, 1),
+            "wall_time_s": round(wall, 1), "seeds": self.args.seeds,
             "settings": settings if settings is not None else self.args.settings,
-            "model": getattr(self.args, "model_used", self.args.model), "data": getattr(self.args, "data_used", self.args.data),
-            "measured": measured, "verdict": verdict, "verdict_reason": reason,
-            "verdicts": verdicts or {}, "figures": list(figures),
+            "model": self.args.model_used, "data": getattr(self.args, "data_used", self.args.data),
+            "claims": claims, "verdicts": {k: c["verdict"] for k, c in claims.items()},
+            "measured": measured, "figures": list(figures),
         }
         path = self.path("result", "json")
         path.write_text(json.dumps(_jsonable(record), indent=1) + "\n")
         print("\nMEASURED:")
         for k, v in _flat(measured):
             print(f"  {k}: {v}")
-        for name, v in (verdicts or {}).items():
-            print(f"  sub-claim {name}: {v}")
-        print(f"\nVERDICT: {verdict} — {reason}")
-        print(f"wall time {wall:.1f} s on {record['hardware']['cpu']} ({record['hardware']['device']}); "
+        for name, c in claims.items():
+            print(f"\nCLAIM {name}: {c['claim']}")
+            for sub, v in c.get("sub_verdicts", {}).items():
+                print(f"  sub-claim {sub}: {v}")
+            for seed, v in c.get("per_seed", {}).items():
+                print(f"  seed {seed}: {v}")
+            print(f"VERDICT: {c['verdict']} — {c['reason']}")
+        print(f"\nwall time {wall:.1f} s on {record['hardware']['cpu']} ({record['hardware']['device']}); "
               f"wrote {path} and {', '.join(figures) or 'no figures'}", flush=True)
         return record
+
+
+def claim(statement: str, per_seed: dict, reasons: dict, sub_verdicts: dict | None = None,
+          preconditions: dict | None = None) -> dict:
+    """One claim's entry for Recorder.finish: per_seed {seed: verdict}, reasons {seed: text}; the verdict is
+    stats.across_seeds of the seeds' verdicts."""
+    from stats import across_seeds
+    verdict = across_seeds(list(per_seed.values()))
+    reason = " | ".join(f"seed {s}: {per_seed[s]}: {reasons[s]}" for s in per_seed)
+    if verdict == INCONCLUSIVE and len(set(per_seed.values())) > 1:
+        reason = "the seeds disagree. " + reason
+    return {"claim": statement, "verdict": verdict, "reason": reason, "per_seed": per_seed,
+            "sub_verdicts": sub_verdicts or {}, "precondition": preconditions or {}}
 
 
 def _jsonable(x):
@@ -210,8 +292,10 @@ def _jsonable(x):
 
 def _flat(d, prefix=""):
     for k, v in d.items():
-        if isinstance(v, dict) and "slope" in v and "slope_se" in v:  # a linear_trend: one line
-            yield f"{prefix}{k}", f"slope {v['slope']:.4g} ± {v['slope_se']:.2g} per step (t = {v['t']:.1f}, n = {v['n']})"
+        if k == "curves":  # the plots' data: in the JSON only
+            continue
+        if isinstance(v, dict) and "kind" in v and "se" in v:  # a stats.mean_test: one line
+            yield f"{prefix}{k}", f"{v['mean']:+.4g} ± {v['se']:.2g} (t = {v['t']:.2f}, df {v['df']}, {v['kind']})"
         elif isinstance(v, dict):
             yield from _flat(v, f"{prefix}{k}.")
         elif isinstance(v, list) and (len(v) > 8 or any(isinstance(e, dict) for e in v)):
@@ -221,81 +305,7 @@ def _flat(d, prefix=""):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# statistics
-
-
-def linear_trend(x, y) -> dict:
-    """Least-squares line y = intercept + slope * x, with the slope's standard error.
-
-    Two standard errors are given. `slope_se_ols` assumes independent residuals. Training curves are not
-    independent (the model drifts smoothly, so neighbouring residuals are alike), which makes the OLS error too
-    small; `slope_se` is the Newey-West (HAC) error with Bartlett weights up to lag L = floor(4 (n/100)^(2/9)),
-    which allows for that, and is the one the verdicts use. t = slope / slope_se.
-    """
-    x = torch.as_tensor(x, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=torch.float64)
-    n = len(x)
-    if n < 3:
-        raise ValueError(f"linear_trend needs at least 3 points, got {n}")
-    xc = x - x.mean()
-    sxx = float((xc * xc).sum())
-    slope = float((xc * (y - y.mean())).sum()) / sxx
-    intercept = float(y.mean()) - slope * float(x.mean())
-    resid = y - (intercept + slope * x)
-    se_ols = math.sqrt(float((resid ** 2).sum()) / (n - 2) / sxx)
-    # Newey-West: Var(slope) = sum_t sum_s w(|t-s|) xc_t e_t xc_s e_s / sxx^2, times n / (n - 2) for small samples
-    u = xc * resid
-    lag = int(4 * (n / 100) ** (2 / 9))
-    s = float((u * u).sum())
-    for k in range(1, min(lag, n - 1) + 1):
-        s += 2 * (1 - k / (lag + 1)) * float((u[k:] * u[:-k]).sum())
-    se = math.sqrt(max(s, 0.0) * n / (n - 2)) / sxx
-    return {"slope": slope, "slope_se": se, "slope_se_ols": se_ols, "t": slope / se if se > 0 else math.inf,
-            "intercept": intercept, "n": n, "hac_lag": lag}
-
-
-# two-sided 95% critical values of Student's t by degrees of freedom (a trend of n points has n - 2)
-T_CRIT = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18,
-          15: 2.13, 20: 2.09, 30: 2.04}
-
-
-def t_critical(df: int) -> float:
-    """The 95% two-sided critical value for df degrees of freedom (the next smaller tabulated df: conservative),
-    at least 2."""
-    if df < 1:
-        return math.inf
-    return max(2.0, T_CRIT[max(d for d in T_CRIT if d <= df)] if df <= 30 else 1.96)
-
-
-def trend_verdict(trend: dict, direction: str) -> str:
-    """HOLDS if the slope has the claimed sign at |t| above the 95% critical value of Student's t with n - 2
-    degrees of freedom (and at least 2), DOES NOT HOLD if it has the opposite sign at that level, else
-    INCONCLUSIVE. direction: "up" or "down"."""
-    z = t_critical(trend["n"] - 2)
-    t = trend["t"] if direction == "up" else -trend["t"]
-    if t > z:
-        return HOLDS
-    if t < -z:
-        return FAILS
-    return INCONCLUSIVE
-
-
-def combine(verdicts) -> str:
-    """All parts hold -> HOLDS; any part contradicted -> DOES NOT HOLD; else INCONCLUSIVE."""
-    verdicts = list(verdicts)
-    if all(v == HOLDS for v in verdicts):
-        return HOLDS
-    if any(v == FAILS for v in verdicts):
-        return FAILS
-    return INCONCLUSIVE
-
-
-def first_below(steps, values, threshold: float, window: int):
-    """The first step at which the trailing mean of `window` values is below threshold (None if never)."""
-    for s, v in zip(steps, moving_average(list(values), window)):
-        if v < threshold:
-            return s
-    return None
+# statistics: reproduce/stats.py (t tests, TOST, the bootstrap, the decision rules)
 
 
 def mean_se(x) -> tuple[float, float]:
@@ -318,10 +328,19 @@ def pyplot():
 
 
 def subtitle(args) -> str:
-    """'model on data, preset' for figure titles."""
+    """'model on data, preset, seeds' for figure titles."""
     model = Path(str(getattr(args, "model_used", args.model) or "?")).name
     data = Path(str(getattr(args, "data_used", args.data) or "?")).name
-    return f"{model} on {data} ({args.preset_name} preset)"
+    return f"{model} on {data} ({args.preset_name} preset, seeds {', '.join(map(str, args.seeds))})"
+
+
+def plot_arm(ax, runs_by_seed: dict, arm: str, which: str, key: str, color: str, style: str = "-", label=None):
+    """One line per seed: the mean over `which` set's pairs of `key` (chosen / rejected / log_or) at each
+    measured step of `arm`; the first seed's line carries the label."""
+    for i, (seed, runs) in enumerate(runs_by_seed.items()):
+        c = curves(runs[arm], which)
+        ax.plot(c["steps"], c[key], style, marker="o", markersize=3, color=color, alpha=1.0 if i == 0 else 0.55,
+                linewidth=1.8, label=(label or f"{arm} {key}") if i == 0 else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -375,10 +394,8 @@ def load_model(args, dtype=torch.float32):
     """(model, tokenizer): the tiny random pair for --smoke, else minorpo.hf.loader.load(--model or the preset's)."""
     if args.smoke:
         tok = tiny_tokenizer()
-        args.model_used = "tiny random llama (in-process)"
-        return tiny_model(tok.vocab_size, args.seed), tok
+        return tiny_model(tok.vocab_size, 0), tok  # seed 0: every arm and seed starts from the same weights
     from minorpo.hf.loader import load
-    args.model_used = args.model or args.settings["model"]
     return load(args.model_used, dtype=dtype)
 
 
@@ -392,12 +409,13 @@ def load_pairs(args, tokenizer, n: int | None = None) -> list:
                         prompt_truncation="keep_end")
     if args.smoke:
         args.data_used = "tiny arithmetic pairs (in-process)"
-        ds = build_examples(((f"smoke:{i + 1}", r) for i, r in enumerate(smoke_rows(n or 48, args.seed))),
+        ds = build_examples(((f"smoke:{i + 1}", r) for i, r in enumerate(smoke_rows(n or 48))),
                             tokenizer, config, limit=n)
     else:
-        args.data_used = args.data or s.get("data", DEFAULT_DATA)
-        ds = load_preferences(args.data_used, tokenizer, config, limit=n,
-                              **({"data_files": s["data_files"]} if "data_files" in s and not args.data else {}))
+        local = args.preset_name == "cpu" and LOCAL_HH_RLHF.exists()  # the cpu preset's data, offline
+        args.data_used = args.data or (str(LOCAL_HH_RLHF) if local else s.get("data", DEFAULT_DATA))
+        files = {"data_files": s["data_files"]} if "data_files" in s and not args.data and not local else {}
+        ds = load_preferences(args.data_used, tokenizer, config, limit=n, **files)
     print("data:", ds.report.format(max_rows=3), flush=True)
     if not ds.examples:
         raise SystemExit(f"{args.data_used}: no usable pairs")
@@ -421,65 +439,174 @@ def pair_logps(model, pairs, pad_id: int, batch_size: int, device) -> tuple[torc
     return torch.cat(a), torch.cat(b)
 
 
+
+
 # ---------------------------------------------------------------------------------------------------------
-# training runs (minorpo.train)
+# measured training runs
 
 
-def train_run(args, out: Path, method: str, model_and_tok=None, pairs=None, **overrides):
-    """One minorpo.train run in `out` with the preset's training settings; returns (metrics.jsonl rows, the
-    trained model). Pass a freshly loaded (model, tokenizer): LoRA is applied to the model in place, so runs must
-    not share one. Training settings come from args.settings["train"], then `overrides`. minorpo.train holds out
-    its own `eval_pairs` of `pairs` (its eval_* metrics); scripts that need per-pair held-out numbers keep a
-    separate set that is never passed here (see `split_heldout`).
+def draw_subsets(pool: list, n_train: int, n_heldout: int, seed: int) -> tuple[list, list]:
+    """(trained pairs, held-out pairs): disjoint, drawn from `pool` by a permutation seeded by `seed`, so each
+    seed trains on a different subset."""
+    if len(pool) < n_train + n_heldout:
+        raise SystemExit(f"need {n_train + n_heldout} usable pairs for {n_train} trained + {n_heldout} held out, "
+                         f"got {len(pool)}")
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(1000 + seed)).tolist()
+    return [pool[i] for i in order[:n_train]], [pool[i] for i in order[n_train:n_train + n_heldout]]
+
+
+def measure(model, sets: dict, pad_id: int, batch_size: int, device) -> dict:
+    """{set name: (a, b)}: per-pair chosen and rejected log-probs (Eq. 3) of every set, no grad."""
+    return {name: pair_logps(model, pairs, pad_id, batch_size, device) for name, pairs in sets.items()}
+
+
+class ETA:
+    """Progress over a script's planned optimizer steps (all arms and seeds): elapsed, done, ETA."""
+
+    def __init__(self, total_steps: int):
+        self.total, self.done, self.t0 = total_steps, 0, time.time()
+
+    def step(self, n: int = 1) -> str:
+        self.done += n
+        el = time.time() - self.t0
+        left = el / self.done * (self.total - self.done) if self.done else math.nan
+        return f"[{self.done}/{self.total} steps, {el / 60:.1f} min elapsed, ETA {left / 60:.1f} min]"
+
+
+def run_steps(s: dict) -> tuple[int, list]:
+    """(optimizer steps of one run, the steps at which it is measured): epochs x train_pairs / batch_size steps,
+    measured at step 0 and every `measure_every_epochs` epochs."""
+    per_epoch = s["train_pairs"] // s["train"]["batch_size"]
+    total = per_epoch * s["epochs"]
+    every = per_epoch * s["measure_every_epochs"]
+    return total, sorted({0, *range(every, total + 1, every), total})
+
+
+def train_measured(args, model, tok, trained: list, heldout: list, method: str, seed: int, label: str,
+                   eta: ETA | None = None, start: dict | None = None, **overrides) -> dict:
+    """Train `model` (in place) on `trained` for the preset's epochs with minorpo's objective and measure both
+    sets per pair at fixed steps. Returns {"steps": [...], "trained": {"a": [S, n], "b": [S, n]}, "heldout":
+    {...}, "rows": per-step training metrics (TRL's names, as minorpo.train logs them)}.
+
+    The step is minorpo.train's (minorpo/train.py `_train`): the same objective.loss_and_metrics, the same data
+    order (train.step_indices with this seed, so every arm of a seed sees the same pairs in the same order),
+    AdamW, gradient clipping at max_grad_norm, train.lr_lambda's warmup and schedule. It is written out here
+    (no checkpoints, no export, no held-out split of its own) because the claims need per-pair measurements at
+    fixed steps, which train() does not expose. `start`: the step-0 measurement, when another arm already made
+    it (all arms of a seed start from the same weights).
     """
-    from minorpo.train import TrainConfig, train
+    from minorpo import objective
+    from minorpo.batches import pad_token_id
+    from minorpo.train import TrainConfig, lr_lambda, step_indices
 
-    model, tok = model_and_tok if model_and_tok is not None else load_model(args)
-    if pairs is None:
-        pairs = load_pairs(args, tok, args.settings.get("pairs") or None)
-    cfg = TrainConfig(model=str(args.model_used), data=str(getattr(args, "data_used", "")), out=str(out),
-                      method=method, seed=args.seed, device=str(args.device), progress=False, save_every=-1,
-                      overwrite=True,  # a re-run of a script replaces its runs
-                      max_length=args.settings["max_length"], max_prompt_length=args.settings["max_prompt_length"])
-    for k, v in {**args.settings["train"], **overrides}.items():
+    s = args.settings
+    total, at = run_steps(s)
+    cfg = TrainConfig(method=method, seed=seed, max_steps=total)
+    for k, v in {**s["train"], **overrides}.items():
         if not hasattr(cfg, k):
             raise KeyError(f"TrainConfig has no field {k!r}")
         setattr(cfg, k, v)
-    t0 = time.time()
-    print(f"-- training {method} ({', '.join(f'{k}={v}' for k, v in overrides.items())}) -> {out}", flush=True)
-    train(cfg, model=model, tokenizer=tok, pairs=pairs)
-    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    for big in ("final", "adapter", "checkpoints"):  # exported weights: hundreds of MB, not results
-        shutil.rmtree(Path(out) / big, ignore_errors=True)
-    print(f"   {cfg.max_steps} steps in {time.time() - t0:.0f} s", flush=True)
-    return rows, model
-
-
-def heldout_start(args, rec):
-    """The start of every script that compares held-out log-probs before and after training: (model, tokenizer,
-    pad id, training pairs, held-out pairs, (chosen, rejected) log-probs of the held-out pairs before training)."""
-    from minorpo.batches import pad_token_id
-    s = args.settings
-    model, tok = load_model(args)
+    device = pick_device(args.device)
     pad_id = pad_token_id(tok)
-    pairs, heldout = split_heldout(load_pairs(args, tok, (s["pairs"] + s["heldout"]) or None), s["heldout"])
-    return model, tok, pad_id, pairs, heldout, pair_logps(model, heldout, pad_id, s["train"]["batch_size"], rec.device)
+    model.to(device)
+    torch.manual_seed(seed)
+    if cfg.lora_r > 0:
+        from minorpo.lora import apply_lora
+        apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
+        model.to(device)
+    else:
+        model.requires_grad_(True)
+    spec = objective.LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset,
+                              chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded)
+    collate = objective.collate_shared if cfg.layout == "shared" else objective.collate
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    sets = {"trained": trained, "heldout": heldout}
+    mb = 2 * cfg.batch_size  # measurement batch: no grad, so twice the training batch fits
+
+    out = {"steps": [], "trained": {"a": [], "b": []}, "heldout": {"a": [], "b": []}, "rows": []}
+
+    def record(step, m):
+        out["steps"].append(step)
+        for name, (a, b) in m.items():
+            out[name]["a"].append(a)
+            out[name]["b"].append(b)
+
+    record(0, start if start is not None else measure(model, sets, pad_id, mb, device))
+    print(f"-- {label}: {method} {', '.join(f'{k}={v}' for k, v in overrides.items())} lr {cfg.lr:g}, {total} steps "
+          f"of {cfg.batch_size} pairs ({len(trained)} trained pairs x {s['epochs']} epochs), measured at {at}",
+          flush=True)
+    model.train()
+    for step in range(total):
+        t0 = time.time()
+        chunk = [trained[i] for i in step_indices(len(trained), step, cfg.batch_size, cfg.seed)]
+        counts = objective.count_targets(chunk, spec)
+        with autocast:
+            loss, parts = objective.loss_and_metrics(model, collate(chunk, pad_id, device), spec, counts)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        out["rows"].append({"step": step + 1, **parts, "lr": lr, "grad_norm": float(grad_norm),
+                            "step_time": time.time() - t0})
+        progress = eta.step() if eta is not None else ""
+        if step + 1 in at:
+            m = measure(model, sets, pad_id, mb, device)
+            record(step + 1, m)
+            model.train()
+            a, b = m["trained"]
+            print(f"   step {step + 1}: loss {parts['loss']:.3f}, trained pairs: chosen {float(a.mean()):+.3f} "
+                  f"rejected {float(b.mean()):+.3f} nats; {time.time() - t0:.1f} s for the step + measurement "
+                  f"{progress}", flush=True)
+    for name in sets:
+        for side in ("a", "b"):
+            out[name][side] = torch.stack(out[name][side])  # [S, n]
+    model.eval()
+    return out
 
 
-def split_heldout(pairs: list, n: int) -> tuple[list, list]:
-    """(training pairs, the last n pairs): a held-out set for per-pair comparisons, never trained on."""
-    if len(pairs) <= n:
-        raise SystemExit(f"need more than {n} usable pairs for a held-out set of {n}, got {len(pairs)}")
-    return pairs[:-n], pairs[-n:]
+def seed_pool(args, tok) -> list:
+    """The pool every seed draws its subsets from: the first `pool` usable pairs of the data."""
+    return load_pairs(args, tok, args.settings["pool"])
 
 
-def paired_difference(x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Mean of x - y over held-out pairs with its standard error and t (the same pairs under two models)."""
-    m, se = mean_se(x - y)
-    return {"mean": m, "se": se, "t": m / se if se > 0 else math.inf, "n": len(x)}
+def run_arms(args, arms: dict, seed: int, pool: list, eta: ETA | None = None) -> tuple[dict, list, list]:
+    """Every arm {name: (method, overrides)} from the same starting weights, on this seed's subsets.
+    Returns ({name: train_measured's result}, trained pairs, held-out pairs). The step-0 measurement is made once."""
+    s = args.settings
+    trained, heldout = draw_subsets(pool, s["train_pairs"], s["heldout_pairs"], seed)
+    runs, start = {}, None
+    for name, (method, overrides) in arms.items():
+        model, tok = load_model(args)
+        r = train_measured(args, model, tok, trained, heldout, method, seed, f"seed {seed}, {name}", eta, start,
+                           **overrides)
+        start = {k: (r[k]["a"][0], r[k]["b"][0]) for k in ("trained", "heldout")}
+        runs[name] = r
+        del model
+    return runs, trained, heldout
 
 
-def column(rows, key):
-    """(steps, values) of a metric over the rows that have it."""
-    pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
+def total_steps(args, n_arms: int) -> int:
+    return run_steps(args.settings)[0] * n_arms * len(args.seeds)
+
+
+def end(run: dict, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) of a set at the last measured step."""
+    return run[which]["a"][-1], run[which]["b"][-1]
+
+
+def begin(run: dict, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) of a set at step 0."""
+    return run[which]["a"][0], run[which]["b"][0]
+
+
+def curves(run: dict, which: str) -> dict:
+    """Means over the set's pairs at each measured step: chosen, rejected, log OR (for the plots)."""
+    from minorpo import loss as L
+    a, b = run[which]["a"], run[which]["b"]
+    return {"steps": run["steps"], "chosen": a.mean(1).tolist(), "rejected": b.mean(1).tolist(),
+            "log_or": L.log_odds_ratio(a.double(), b.double()).mean(1).tolist()}
