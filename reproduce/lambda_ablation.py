@@ -7,14 +7,18 @@ log-probabilities of chosen and rejected responses:
   lambda = 1.0  both fall, with the larger margin.
 "Larger lambda, stronger discrimination."
 
-What we measure: three minorpo.train runs from the same start on the same pairs, one per lambda. Per batch:
-logps/chosen and logps/rejected, with least-squares trends (Newey-West standard errors); per held-out pair at the
-end: the margin a - b (chosen minus rejected mean log-prob), compared between lambdas pair by pair. Each
-sub-claim gets HOLDS / DOES NOT HOLD / INCONCLUSIVE from the sign of a trend at the 95% level, and the ordering
-claim from paired differences of the held-out margin. Our model and data differ from the paper's (a 135M model on
-HH-RLHF, LoRA, a short run on the cpu preset): the ordering is the claim most likely to carry over.
+What we measure, per seed (its own subset of pairs; common.py): three ORPO runs from the same weights on the
+same pairs in the same order, one per lambda, full fine-tuning, several epochs. Per pair, at the end:
 
-    python reproduce/lambda_ablation.py --preset cpu --model PATH --data harmless-base-test.jsonl.gz
+  precondition      the lambda = 1 run learned the preference on its trained pairs (L_OR fell, log OR rose).
+  ordering          (a claim of its own, on the trained pairs; the held-out pairs are a third claim) the margin
+                    a - b is larger at the larger lambda, per pair: m(0.5) - m(0.1) > 0 and m(1) - m(0.5) > 0.
+  directions        (a claim of its own, trained pairs) lambda = 0.1: chosen rises; 0.5: chosen rises and
+                    rejected falls; 1.0: chosen and rejected fall (end - start per pair, 5 sub-claims).
+"Chosen and rejected stay close" at lambda = 0.1 is relative to the other lambdas, so the ordering covers it.
+Sub-claims combine by stats.combine (all must hold; a contradiction needs alpha / k), seeds by stats.across_seeds.
+
+    python reproduce/lambda_ablation.py --results [--model-family instruct]
 """
 
 import sys
@@ -22,97 +26,98 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
+import stats as S  # noqa: E402
 
-CLAIM = ("Appendix E / Fig. 9: lambda = 0.1 keeps chosen and rejected close with chosen rising; lambda = 0.5 "
-         "raises chosen and lowers rejected; lambda = 1.0 lowers both with a larger margin. Larger lambda, stronger "
-         "discrimination (margin grows with lambda).")
+CLAIM_ORDER = "Appendix E / Fig. 9: larger lambda, stronger discrimination: the margin chosen - rejected grows with lambda."
+CLAIM_DIRECTIONS = ("Appendix E / Fig. 9: lambda = 0.1 raises chosen; lambda = 0.5 raises chosen and lowers rejected; "
+                    "lambda = 1.0 lowers both.")
 LAMBDAS = (0.1, 0.5, 1.0)
-# per lambda, the claimed direction of the chosen and rejected log-prob trends (None = no claim)
-EXPECTED = {0.1: ("up", None), 0.5: ("up", "down"), 1.0: ("down", "down")}
+# per lambda, the claimed direction of the chosen and rejected changes (None = no claim)
+EXPECTED = {0.1: ("greater", None), 0.5: ("greater", "less"), 1.0: ("less", "less")}
 
-PRESETS = C.train_presets(paper={"heldout": 256, "train": {"lr": 8e-6}},
-                          cpu={"heldout": 32, "train": {"max_steps": 50}},
-                          smoke={"heldout": 6})
+PRESETS = C.train_presets()
 
 
 def main(argv=None):
     args = C.parse_args(__doc__, PRESETS, argv)
-    rec = C.Recorder(args, "lambda_ablation", CLAIM)
+    rec = C.Recorder(args, "lambda_ablation")
     s = args.settings
-    model, tok, pad_id, pairs, heldout, (a0, b0) = C.heldout_start(args, rec)
-    bs = s["train"]["batch_size"]
-    runs, end = {}, {}
-    for i, lam in enumerate(LAMBDAS):
-        if i:
-            model, tok = C.load_model(args)
-        runs[lam], model = C.train_run(args, rec.out / f"runs_{rec.tag}" / f"lam{lam:g}", "orpo", (model, tok), pairs,
-                                       lam=lam)
-        end[lam] = C.pair_logps(model, heldout, pad_id, bs, rec.device)
-        del model
+    arms = {f"λ={lam:g}": ("orpo", {"lam": lam}) for lam in LAMBDAS}
+    _, tok = C.load_model(args)
+    pool = C.seed_pool(args, tok)
+    eta = C.ETA(C.total_steps(args, len(arms)))
+    runs_by_seed, measured, pre = {}, {}, {}
+    verdicts, reasons, subs = ({k: {} for k in ("order trained", "order heldout", "directions")} for _ in range(3))
+    for seed in args.seeds:
+        runs, _, _ = C.run_arms(args, arms, seed, pool, eta)
+        runs_by_seed[seed] = runs
+        top = runs[f"λ={LAMBDAS[-1]:g}"]
+        p = S.precondition(*C.begin(top, "trained"), *C.end(top, "trained"))
+        pre[seed] = p["reason"]
+        m = {"precondition": p["tests"], "curves": {f"{arm} {w}": C.curves(r, w) for arm, r in runs.items()
+                                                    for w in ("trained", "heldout")}}
+        for which in ("trained", "heldout"):
+            tests = {}
+            for lo, hi in zip(LAMBDAS, LAMBDAS[1:]):
+                (al, bl), (ah, bh) = C.end(runs[f"λ={lo:g}"], which), C.end(runs[f"λ={hi:g}"], which)
+                tests[f"margin λ={hi:g} > λ={lo:g}"] = S.mean_test((ah - bh) - (al - bl), "greater")
+            key = f"order {which}"
+            v, each = S.combine(tests)
+            verdicts[key][seed] = v if p["passed"] else S.INCONCLUSIVE
+            subs[key][seed] = each
+            m[f"ordering {which}"] = tests
+            reasons[key][seed] = ((p["reason"] + "; " if not p["passed"] else "") + f"{which} pairs: " + ", ".join(
+                f"{k}: {t['mean']:+.3f} ± {t['se']:.3f} ({each[k]})" for k, t in tests.items()))
+        tests = {}
+        for lam in LAMBDAS:
+            (a0, b0), (a1, b1) = C.begin(runs[f"λ={lam:g}"], "trained"), C.end(runs[f"λ={lam:g}"], "trained")
+            want_c, want_r = EXPECTED[lam]
+            tests[f"λ={lam:g} chosen {'rises' if want_c == 'greater' else 'falls'}"] = S.mean_test(a1 - a0, want_c)
+            if want_r:
+                tests[f"λ={lam:g} rejected falls"] = S.mean_test(b1 - b0, want_r)
+        v, each = S.combine(tests)
+        verdicts["directions"][seed] = v if p["passed"] else S.INCONCLUSIVE
+        subs["directions"][seed] = each
+        m["directions trained"] = tests
+        reasons["directions"][seed] = ((p["reason"] + "; " if not p["passed"] else "") + "trained pairs, end - start: "
+                                       + ", ".join(f"{k}: {t['mean']:+.3f} ± {t['se']:.3f} ({each[k]})"
+                                                   for k, t in tests.items()))
+        measured[f"seed {seed}"] = m
 
-    measured, verdicts = {"heldout_pairs": len(heldout),
-                          "heldout_start": {"chosen": float(a0.mean()), "rejected": float(b0.mean()),
-                                            "margin": float((a0 - b0).mean())}}, {}
-    for lam, rows in runs.items():
-        tr = [r for r in rows if "loss" in r]
-        m = {}
-        for side in ("chosen", "rejected"):
-            steps, v = C.column(tr, f"logps/{side}")
-            m[f"trend_{side}"] = C.linear_trend(steps, v)
-        steps, vc = C.column(tr, "logps/chosen")
-        _, vr = C.column(tr, "logps/rejected")
-        m["trend_margin"] = C.linear_trend(steps, [c - r for c, r in zip(vc, vr)])
-        a, b = end[lam]
-        m["heldout_end"] = {"chosen": float(a.mean()), "rejected": float(b.mean()), "margin": float((a - b).mean())}
-        m["heldout_change"] = {"chosen": C.paired_difference(a, a0), "rejected": C.paired_difference(b, b0)}
-        measured[f"lambda={lam:g}"] = m
-        want_c, want_r = EXPECTED[lam]
-        parts = [C.trend_verdict(m["trend_chosen"], want_c)]
-        if want_r:
-            parts.append(C.trend_verdict(m["trend_rejected"], want_r))
-        verdicts[f"lambda={lam:g}: chosen {want_c}" + (f", rejected {want_r}" if want_r else "")] = C.combine(parts)
-    order = []
-    for lo, hi in zip(LAMBDAS, LAMBDAS[1:]):
-        (al, bl), (ah, bh) = end[lo], end[hi]
-        d = C.paired_difference(ah - bh, al - bl)  # held-out margin at the larger lambda minus the smaller
-        measured[f"heldout margin, lambda {hi:g} - lambda {lo:g}"] = d
-        order.append(C.HOLDS if d["t"] > 2 else (C.FAILS if d["t"] < -2 else C.INCONCLUSIVE))
-    verdicts["margin grows with lambda (held-out, paired)"] = C.combine(order)
+    claims = {
+        "App. E Fig. 9 margin grows with λ, trained pairs": C.claim(CLAIM_ORDER + " Measured on the trained pairs.",
+                                                                  verdicts["order trained"], reasons["order trained"],
+                                                                  {f"seed {k}": v for k, v in subs["order trained"].items()}, pre),
+        "App. E Fig. 9 margin grows with λ, held-out pairs": C.claim(CLAIM_ORDER + " Measured on held-out pairs.",
+                                                                   verdicts["order heldout"], reasons["order heldout"],
+                                                                   {f"seed {k}": v for k, v in subs["order heldout"].items()}, pre),
+        "App. E Fig. 9 directions per λ, trained pairs": C.claim(CLAIM_DIRECTIONS + " Measured on the trained pairs.",
+                                                               verdicts["directions"], reasons["directions"],
+                                                               {f"seed {k}": v for k, v in subs["directions"].items()}, pre),
+    }
 
     plt = C.pyplot()
-    w = s["smooth"]
-    fig, axes = plt.subplots(1, len(LAMBDAS) + 1, figsize=(5 * (len(LAMBDAS) + 1), 4.6), sharey=False)
-    for ax, (lam, rows) in zip(axes, runs.items()):
-        tr = [r for r in rows if "loss" in r]
-        for side, color in (("chosen", "tab:green"), ("rejected", "tab:red")):
-            st, v = C.column(tr, f"logps/{side}")
-            ax.plot(st, v, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(st, C.moving_average(v, w), color=color, linewidth=2, label=f"{side} (per batch, mean of {w})")
-            es, ev = C.column(rows, f"eval_logps/{side}")
-            ax.plot(es, ev, "o--", color=color, markersize=4, label=f"{side} (held-out)")
-        ax.set(title=f"λ = {lam:g}", xlabel="optimizer step", ylabel="mean per-token log-prob (nats, Eq. 3)")
-        ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(LAMBDAS) + 1, figsize=(5 * (len(LAMBDAS) + 1), 4.6))
+    for ax, lam in zip(axes, LAMBDAS):
+        arm = f"λ={lam:g}"
+        for which, style in (("trained", "-"), ("heldout", "--")):
+            C.plot_arm(ax, runs_by_seed, arm, which, "chosen", "tab:green", style, f"chosen, {which}")
+            C.plot_arm(ax, runs_by_seed, arm, which, "rejected", "tab:red", style, f"rejected, {which}")
+        ax.set(title=f"λ = {lam:g}", ylabel="mean per-token log-prob (nats, Eq. 3)")
     ax = axes[-1]
     for lam, color in zip(LAMBDAS, ("tab:blue", "tab:orange", "tab:purple")):
-        tr = [r for r in runs[lam] if "loss" in r]
-        st, vc = C.column(tr, "logps/chosen")
-        _, vr = C.column(tr, "logps/rejected")
-        ax.plot(st, C.moving_average([c - r for c, r in zip(vc, vr)], w), color=color, linewidth=2, label=f"λ = {lam:g}")
+        for i, (seed, runs) in enumerate(runs_by_seed.items()):
+            c = C.curves(runs[f"λ={lam:g}"], "trained")
+            ax.plot(c["steps"], [x - y for x, y in zip(c["chosen"], c["rejected"])], "-o", markersize=3, color=color,
+                    alpha=1.0 if i == 0 else 0.55, label=f"λ = {lam:g}" if i == 0 else None)
     ax.axhline(0, color="gray", linewidth=0.6)
-    ax.set(title=f"Margin chosen − rejected (per batch, mean of {w})", xlabel="optimizer step",
-           ylabel="log P(y_w|x) − log P(y_l|x) (nats)")
-    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    ax.set(title="margin chosen − rejected, trained pairs", ylabel="log P(y_w|x) − log P(y_l|x) (nats)")
+    for ax in axes:
+        ax.set_xlabel("optimizer step (a point per epoch, a line per seed)")
+        ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.suptitle(f"Fig. 9 re-run: ORPO with λ ∈ {{{', '.join(f'{x:g}' for x in LAMBDAS)}}} — {C.subtitle(args)}")
     figures = [rec.save_figure(fig, "fig9_lambda")]
-
-    verdict = C.combine(verdicts.values())
-    reason = "; ".join(
-        f"λ={lam:g}: chosen {measured[f'lambda={lam:g}']['trend_chosen']['slope'] * 100:+.3f} ± "
-        f"{measured[f'lambda={lam:g}']['trend_chosen']['slope_se'] * 100:.3f}, rejected "
-        f"{measured[f'lambda={lam:g}']['trend_rejected']['slope'] * 100:+.3f} ± "
-        f"{measured[f'lambda={lam:g}']['trend_rejected']['slope_se'] * 100:.3f} nats/100 steps, held-out margin "
-        f"{measured[f'lambda={lam:g}']['heldout_end']['margin']:+.3f}" for lam in LAMBDAS)
-    rec.finish(measured, verdict, reason, figures, verdicts=verdicts)
+    rec.finish(measured, claims, figures)
 
 
 if __name__ == "__main__":
