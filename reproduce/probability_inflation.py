@@ -45,7 +45,7 @@ def main(argv=None):
         run = runs["SFT"]
         p = S.learned_sft(C.begin(run, "trained")[0], C.end(run, "trained")[0])
         pre[seed] = p["reason"]
-        m = {"precondition": p["tests"], "curves": {w: C.curves(run, w) for w in ("trained", "heldout")}}
+        m = {"precondition": p["tests"], "curves": {f"SFT {w}": C.curves(run, w) for w in ("trained", "heldout")}}
         for which in ("trained", "heldout"):
             (a0, b0), (a1, b1) = C.begin(run, which), C.end(run, which)
             tests = {"rejected rises": S.mean_test(b1 - b0, "greater")}
