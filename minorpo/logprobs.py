@@ -31,14 +31,9 @@ cap * tanh(z / cap) before the logsumexp, in the accumulation dtype, and backwar
 respect to the capped logits by the derivative 1 - tanh(z / cap)^2. The cap is one more elementwise step per
 chunk, so memory is unchanged.
 
-Inside `with compiled_head():` (what `minorpo train --compile` uses) the per-chunk elementwise work - the cast of
-the logits to float32, the logsumexp, and in backward softmax, scaling, the target terms and the cast back - runs
-as torch.compile'd kernels that read each [C, V] block once, instead of one pass (and one [C, V] temporary) per
-operation. The matmuls are the same; the results agree with the plain path to float32 rounding.
+`minorpo train --compile` scores the chunks with minorpo/fast/compiled_head.py instead: the same steps, the
+elementwise ones compiled (`token_logps(..., head=...)`).
 """
-
-import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -125,45 +120,6 @@ def _head_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-_COMPILED_HEAD = False  # set by compiled_head(); read by ChunkedTokenLogps.forward, which keeps it for backward
-
-
-@contextlib.contextmanager
-def compiled_head(enabled: bool = True):
-    """Run ChunkedTokenLogps's per-chunk elementwise work as fused, compiled kernels within this context (see the
-    module docstring). The choice is made in forward and kept for that call's backward, which runs later."""
-    global _COMPILED_HEAD
-    before, _COMPILED_HEAD = _COMPILED_HEAD, enabled
-    try:
-        yield
-    finally:
-        _COMPILED_HEAD = before
-
-
-def _chunk_lse(logits: torch.Tensor, acc: torch.dtype, cap: float | None) -> torch.Tensor:
-    """logsumexp over the vocabulary of the (soft-capped) logits in the accumulation dtype: [C, V] -> [C]."""
-    return torch.logsumexp(softcap(logits.to(acc), cap), dim=-1)
-
-
-def _chunk_grad_logits(logits, lse, g, g_total, safe, cap):
-    """d(sum_k g_k logp_k)/d logits = sum_k g_k onehot(target_k) - (sum_k g_k) softmax, in one expression so
-    that compiled it is one pass over the [C, V] block. logits [C, V] (head dtype, before any cap), lse [C], g
-    [K, C] and g_total [C] (accumulation dtype), safe [K, C] target ids. Returns [C, V] in the logits' dtype."""
-    z = softcap(logits.to(lse.dtype), cap)                                                     # [C, V]
-    grad = torch.exp(z - lse[:, None]) * -g_total[:, None]                                     # [C, V]
-    vocab = torch.arange(logits.shape[1], device=logits.device)                                # [V]
-    for k in range(safe.shape[0]):  # K = 1 or 2 target tensors: unrolled when compiled
-        grad = grad + torch.where(vocab[None, :] == safe[k][:, None], g[k][:, None], 0.0)       # [C, V]
-    if cap is not None:  # chain rule through cap * tanh(x / cap): times 1 - tanh^2 = 1 - (z / cap)^2
-        grad = grad * (1 - (z / cap) ** 2)
-    return grad.to(logits.dtype)
-
-
-@functools.cache
-def _compiled(fn):
-    return torch.compile(fn, dynamic=True)  # the last chunk of a call is shorter: dynamic C
-
-
 class ChunkedTokenLogps(torch.autograd.Function):
     """log P(targets) for M positions given their hidden states and the output head weight, chunk by chunk.
 
@@ -183,20 +139,14 @@ class ChunkedTokenLogps(torch.autograd.Function):
         safe = targets.clamp(min=0).long()  # [K, M]; IGNORE_INDEX gathers token 0, zeroed below
         out = torch.empty(targets.shape, dtype=acc, device=hidden.device)  # [K, M]
         lse = torch.empty(M, dtype=acc, device=hidden.device)  # [M]
-        fused = _COMPILED_HEAD and hidden.device.type != "meta"
         for s in range(0, M, chunk_size):
             e = min(s + chunk_size, M)
-            if fused:  # the cast and logsumexp in one compiled pass; gather from the head-dtype logits (exact)
-                logits = F.linear(h[s:e], w)  # [C, V] in the head dtype
-                lse[s:e] = _compiled(_chunk_lse)(logits, acc, cap)  # [C]
-                out[:, s:e] = softcap(logits.gather(1, safe[:, s:e].T).T.to(acc), cap) - lse[s:e]  # [K, C]
-                continue
             logits = softcap(F.linear(h[s:e], w).to(acc), cap)  # [C, V], the values lm_head (+ cap) would give
             lse[s:e] = torch.logsumexp(logits, dim=-1)  # [C]
             out[:, s:e] = logits.gather(1, safe[:, s:e].T).T - lse[s:e]  # [K, C]
         out = out.masked_fill(targets == IGNORE_INDEX, 0.0)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size, ctx.head, ctx.fused, ctx.cap = chunk_size, head, fused, cap
+        ctx.chunk_size, ctx.head, ctx.cap = chunk_size, head, cap
         return out
 
     @staticmethod
@@ -212,17 +162,13 @@ class ChunkedTokenLogps(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None  # [V, H]
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = min(s + ctx.chunk_size, hidden.shape[0])
-            if ctx.fused:  # one compiled pass: softmax, scale, target terms, cast to the head dtype
-                grad_logits = _compiled(_chunk_grad_logits)(F.linear(h[s:e], w), lse[s:e], g[:, s:e],
-                                                            g_total[s:e], safe[:, s:e], ctx.cap)  # [C, V]
-            else:
-                logits = softcap(F.linear(h[s:e], w).to(acc), ctx.cap)  # [C, V], recomputed
-                grad_logits = (logits - lse[s:e, None]).exp_().mul_(-g_total[s:e, None])  # -(sum g) softmax  [C, V]
-                grad_logits.scatter_add_(1, safe[:, s:e].T, g[:, s:e].T)  # + g_k at target k  [C, V]
-                if ctx.cap is not None:  # chain rule through the cap: times 1 - tanh^2 = 1 - (z / cap)^2
-                    grad_logits.mul_(1 - (logits / ctx.cap) ** 2)
-                grad_logits = grad_logits.to(ctx.head)
-                del logits
+            logits = softcap(F.linear(h[s:e], w).to(acc), ctx.cap)  # [C, V], recomputed
+            grad_logits = (logits - lse[s:e, None]).exp_().mul_(-g_total[s:e, None])  # -(sum g) softmax  [C, V]
+            grad_logits.scatter_add_(1, safe[:, s:e].T, g[:, s:e].T)  # + g_k at target k  [C, V]
+            if ctx.cap is not None:  # chain rule through the cap: times 1 - tanh^2 = 1 - (z / cap)^2
+                grad_logits.mul_(1 - (logits / ctx.cap) ** 2)
+            grad_logits = grad_logits.to(ctx.head)
+            del logits
             if need_h:
                 grad_h[s:e] = grad_logits @ w  # [C, H]
             if need_w:
@@ -232,14 +178,15 @@ class ChunkedTokenLogps(torch.autograd.Function):
 
 
 def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                softcap: float | None = None):
+                softcap: float | None = None, head=ChunkedTokenLogps):
     """log P(target | prefix) per position, without ever materializing the [N, T, V] logits.
 
     hidden [N, T, H]: the model's final hidden states (model(..., return_hidden=True)); weight [V, H]: the
     output head (model.lm_head.weight); targets [N, T] next-token targets or a tuple of such (scored with one
     logsumexp). Returns float32 [N, T] (float64 if hidden or weight is float64), or a tuple, 0 where the target
     is IGNORE_INDEX. softcap: the model's final_logit_softcapping (Gemma), applied to each chunk's logits.
-    Differentiable w.r.t. hidden and weight (see ChunkedTokenLogps).
+    Differentiable w.r.t. hidden and weight (see ChunkedTokenLogps). head: the autograd Function that scores the
+    chunks, ChunkedTokenLogps or minorpo/fast/compiled_head.py's CompiledChunkedTokenLogps (same arguments).
     """
     targets, single = _as_tuple(targets)
     if hidden.dim() != 3 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[-1]:
@@ -254,8 +201,8 @@ def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets, chunk_size:
         scored = torch.arange(N * T, device=hidden.device)
     else:  # only positions with at least one target go through the output head
         scored = (stacked != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # [M]
-    logps = ChunkedTokenLogps.apply(hidden.reshape(N * T, H).index_select(0, scored), weight,
-                                    stacked[:, scored], chunk_size, softcap)  # [K, M]
+    logps = head.apply(hidden.reshape(N * T, H).index_select(0, scored), weight,
+                       stacked[:, scored], chunk_size, softcap)  # [K, M]
     full = torch.zeros(len(targets), N * T, dtype=logps.dtype, device=logps.device).index_copy(1, scored, logps)
     out = tuple(full.view(len(targets), N, T).unbind(0))  # K x [N, T]
     return out[0] if single else out

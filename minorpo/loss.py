@@ -48,8 +48,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from minorpo.logprobs import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, logit_sums, sequence_logps, shift_labels, token_logps,
-                       token_logps_reference)
+from minorpo.logprobs import (DEFAULT_CHUNK_SIZE, IGNORE_INDEX, ChunkedTokenLogps, logit_sums, sequence_logps,
+                              shift_labels, token_logps, token_logps_reference)
 
 LN2 = math.log(2.0)
 
@@ -443,8 +443,10 @@ def token_logps_from_logits(chosen_logits, rejected_logits, batch: dict, preset=
     return TokenLogps(c, cm, nm, r, rm, lc, lr)
 
 
-def preference_logps(model, batch: dict, preset="paper", pad_token_id=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """TokenLogps of a padded-layout batch: ONE forward of the 2B chosen+rejected rows, chunked log-probs.
+def preference_logps(model, batch: dict, preset="paper", pad_token_id=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     head=ChunkedTokenLogps):
+    """TokenLogps of a padded-layout batch: ONE forward of the 2B chosen+rejected rows, chunked log-probs (`head`:
+    logprobs.token_logps's).
 
     batch: chosen_/rejected_ input_ids, attention_mask, labels [B, T*] (contracts.md), optionally
     chosen_/rejected_truncated [B] bool (official preset). model(..., return_hidden=True) -> [2B, T, H] and
@@ -464,7 +466,7 @@ def preference_logps(model, batch: dict, preset="paper", pad_token_id=None, chun
     hidden = model(cat["input_ids"], attention_mask=cat["attention_mask"], return_hidden=True)  # [2B, T, H]
     weight = model.lm_head.weight  # [V, H]
     cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap, applied in the chunked head; else None
-    logps = token_logps(hidden, weight, targets, chunk_size, cap)  # [2B, T]
+    logps = token_logps(hidden, weight, targets, chunk_size, cap, head)  # [2B, T]
     with torch.no_grad():
         sums = logit_sums(hidden, weight, cap)  # [2B, T]
     V = weight.shape[0]
@@ -474,7 +476,7 @@ def preference_logps(model, batch: dict, preset="paper", pad_token_id=None, chun
 
 
 def preference_logps_shared_prompt(model, batch: dict, preset="paper", pad_token_id=None,
-                                   chunk_size: int = DEFAULT_CHUNK_SIZE):
+                                   chunk_size: int = DEFAULT_CHUNK_SIZE, head=ChunkedTokenLogps):
     """TokenLogps of a shared-prompt-layout batch: [prompt | chosen | rejected] in ONE row per pair.
 
     batch: input_ids, position_ids [B, T], attention_mask [B, T, T] bool block mask, chosen_targets,
@@ -510,7 +512,7 @@ def preference_logps_shared_prompt(model, batch: dict, preset="paper", pad_token
                    return_hidden=True)  # [B, T, H]
     weight = model.lm_head.weight
     cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap, applied in the chunked head; else None
-    chosen, rejected = token_logps(hidden, weight, (chosen_all, rejected_t), chunk_size, cap)  # [B, T] each
+    chosen, rejected = token_logps(hidden, weight, (chosen_all, rejected_t), chunk_size, cap, head)  # [B, T] each
     with torch.no_grad():
         sums = logit_sums(hidden, weight, cap)  # [B, T]
     V = weight.shape[0]

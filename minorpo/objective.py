@@ -30,7 +30,8 @@ import torch
 from minorpo import loss as L
 from minorpo.batches import collate_padded, collate_shared_prompt, pad_token_id  # noqa: F401  (pad_token_id: train.py)
 from minorpo.fast import flex
-from minorpo.logprobs import sequence_logps
+from minorpo.fast.compiled_head import CompiledChunkedTokenLogps
+from minorpo.logprobs import ChunkedTokenLogps, sequence_logps
 from minorpo.lora import lora_disabled, lora_layers
 
 
@@ -45,6 +46,7 @@ class LossSpec:
     layout: str = "padded"  # padded (chosen and rejected rows) | shared (prompt once per pair); see above
     unpadded: bool = False  # shared layout: each pair's row run at its own length, no padding (see token_logps)
     attention: str = "sdpa"  # sdpa (dense block mask) | flex (FlexAttention, masked blocks skipped; shared layout)
+    compiled_head: bool = False  # the output head's elementwise work compiled (minorpo/fast/compiled_head.py)
 
     def __post_init__(self):
         if self.layout not in ("padded", "shared"):
@@ -78,20 +80,21 @@ def row_length(pair, layout: str) -> int:
 
 def token_logps(model, batch: dict, spec: LossSpec) -> L.TokenLogps:
     """Per-token log-probs of a micro-batch in spec.layout (loss.py section 6)."""
+    head = CompiledChunkedTokenLogps if spec.compiled_head else ChunkedTokenLogps
     if spec.layout == "shared" and spec.unpadded:  # B forwards of one row each, no padded token computed
         T = batch["input_ids"].shape[1]
         return _stack_rows([L.preference_logps_shared_prompt(model, _attention(row, spec), spec.preset, spec.pad_id,
-                                                             spec.chunk_size)
+                                                             spec.chunk_size, head)
                             for row in _unpadded_rows(batch)], T)
     if spec.layout == "shared":
         return L.preference_logps_shared_prompt(model, _attention(batch, spec), spec.preset, spec.pad_id,
-                                                spec.chunk_size)
+                                                spec.chunk_size, head)
     if spec.chunk_size == 0:  # the textbook way, to measure what chunking saves: all logits [2B, T, V] at once
         B = batch["chosen_input_ids"].shape[0]
         logits = model(torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]),
                        attention_mask=torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]]))
         return L.token_logps_from_logits(logits[:B], logits[B:], batch, spec.preset, spec.pad_id)  # [2B, T, V]
-    return L.preference_logps(model, batch, spec.preset, spec.pad_id, spec.chunk_size)
+    return L.preference_logps(model, batch, spec.preset, spec.pad_id, spec.chunk_size, head)
 
 
 def _attention(batch: dict, spec: LossSpec) -> dict:

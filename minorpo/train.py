@@ -40,7 +40,6 @@ from minorpo.fast.master import MasterWeights
 from minorpo.hf.layouts import LAYOUTS
 from minorpo.hf.loader import DTYPES, load_model, resolve, save, source_dtype
 from minorpo.hf.tokenizer import Tokenizer
-from minorpo.logprobs import compiled_head
 from minorpo.lora import apply_lora, merged_state_dict, save_peft_adapter
 from minorpo.run import folders as runs
 from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
@@ -333,7 +332,7 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     spec = objective.LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset,
                               chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded,
-                              attention=cfg.attention)
+                              attention=cfg.attention, compiled_head=cfg.compile)
     collate = objective.collate_shared if cfg.layout == "shared" else objective.collate
     lengths = [objective.row_length(p, cfg.layout) for p in train_set]
 
@@ -341,7 +340,7 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
         if not eval_set:
             return {}
         model.eval()
-        with torch.no_grad(), autocast, compiled_head(cfg.compile):
+        with torch.no_grad(), autocast:
             ev = objective.evaluate(model, eval_set, pad_id, spec, batch_size=cfg.batch_size, device=device,
                                     on_batch=bar.eval_batch)
         model.train()
@@ -374,7 +373,7 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
             batch = collate([train_set[i] for i in chunk], pad_id, device)
             if cfg.fsdp:  # reduce-scatter the gradients in the last micro-batch's backward only
                 model.set_requires_gradient_sync(k == len(micro) - 1)
-            with autocast, compiled_head(cfg.compile):  # --compile: the output head's elementwise work fused too
+            with autocast:
                 loss, parts = objective.loss_and_metrics(model, batch, spec, counts, reference=reference)
             loss.backward()  # gradients add up over micro-batches
             for key, v in parts.items():

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_close
 
-from minorpo.logprobs import (IGNORE_INDEX, ChunkedTokenLogps, compiled_head, logit_sums, sequence_logps, shift_labels,
-                              token_logps, token_logps_reference)
+from minorpo.fast.compiled_head import CompiledChunkedTokenLogps
+from minorpo.logprobs import (IGNORE_INDEX, ChunkedTokenLogps, logit_sums, sequence_logps, shift_labels, token_logps,
+                              token_logps_reference)
 from minorpo.tools.memtrack import LiveTensorBytes
 
 N_ = IGNORE_INDEX
@@ -114,9 +115,10 @@ def test_chunked_backward_gradcheck():
 @pytest.mark.slow  # inductor compiles two small kernels (C++ code generation): ~20 s on 2 CPU cores
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_compiled_head_equals_plain_path(dtype):
-    """Inside compiled_head() (minorpo train --compile) the per-chunk logsumexp and softmax gradient run as compiled
-    fused kernels. Oracle: the plain chunked path (itself checked against the reference and gradcheck above), same
-    inputs, two target tensors with ignored positions and a chunk that leaves a shorter last chunk (dynamic size).
+    """With CompiledChunkedTokenLogps (minorpo/fast/compiled_head.py; minorpo train --compile) the per-chunk logsumexp
+    and softmax gradient run as compiled fused kernels. Oracle: the plain chunked path (itself checked against the
+    reference and gradcheck above), same inputs, two target tensors with ignored positions and a chunk that leaves a
+    shorter last chunk (dynamic size).
     float64: 1e-12 absolute (the same operations, fused: another order at most within one element's expression);
     float32: log-probs of size ~5 to 1e-6 absolute (a few float32 ulps); gradients to 1e-5 of the tensor's largest
     entry, not entry by entry: the compiled logsumexp may differ from ATen's by an ulp (1e-6 at lse ~ 8), which
@@ -125,12 +127,11 @@ def test_compiled_head_equals_plain_path(dtype):
     not scaled by the upstream gradient) changes the gradient by order 1."""
     hidden, weight, targets = _random_case(N=2, T=20, H=16, V=301, K=2, dtype=dtype)
     out = {}
-    for name, ctx in (("plain", compiled_head(False)), ("compiled", compiled_head(True))):
+    for name, head in (("plain", ChunkedTokenLogps), ("compiled", CompiledChunkedTokenLogps)):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        with ctx:
-            got = token_logps(h, w, targets, chunk_size=16)
+        got = token_logps(h, w, targets, chunk_size=16, head=head)
         upstream = torch.randn(2, *targets[0].shape, dtype=dtype, generator=torch.Generator().manual_seed(3))
-        sum((u * x).sum() for u, x in zip(upstream, got)).backward()  # backward outside the context, as in training
+        sum((u * x).sum() for u, x in zip(upstream, got)).backward()
         out[name] = (got, h.grad, w.grad)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=0, atol=1e-6)
     for k in range(2):
