@@ -7,29 +7,24 @@ A frozen linear layer W (out x in) gets a trainable low-rank update:
 - A starts Kaiming-uniform, B starts at zero, so at initialisation the model is exactly the base model.
 - The base weight keeps its original key (`...q_proj.weight`), so a normal checkpoint loads unchanged;
   the adapter adds `...q_proj.lora_A.weight` and `...q_proj.lora_B.weight`, the same names PEFT uses
-  under its `base_model.model.` prefix, so exporting a PEFT adapter is a rename, not a conversion.
+  under its `base_model.model.` prefix, so exporting a PEFT adapter is a rename (minorpo/hf/peft.py).
 - `disabled=True` gives the base model back without a copy: that is DPO's reference model for free.
 - merge / unmerge fold (alpha/r) B A into W and back. Both are idempotent. With bf16 base weights a
   merge-unmerge round trip is not bit-exact (the sum is rounded to bf16): keep the base in fp32 if that matters.
 - q, k and v are separate linears here (no fused QKV), which avoids the index bugs fused-QKV LoRA is known for.
 """
 
-import json
 import math
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from minorpo.errors import UserError
-from minorpo.run.fileio import atomic_write
 
 # What "attention" means per architecture: Llama-family names and OPT's out_proj.
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj")
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class LoRALinear(nn.Module):
@@ -183,79 +178,3 @@ def merged_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict:
             v = (v.float() + delta.float()).to(v.dtype)
         sd[k] = v.detach()
     return sd
-
-
-# ---------------------------------------------------------------------------------------------------------
-# PEFT adapter format: adapter_config.json + adapter_model.safetensors with keys
-# "base_model.model.<module path>.lora_A.weight" (r, in) and ".lora_B.weight" (out, r).
-PEFT_PREFIX = "base_model.model."
-
-
-def save_peft_adapter(model: nn.Module, out_dir, base_model_name_or_path: str = "",
-                      state_dict: dict | None = None) -> Path:
-    """Write a PEFT-loadable LoRA adapter folder (no peft import needed to write it); state_dict as lora_state_dict."""
-    from safetensors.torch import save_file
-
-    cfg = getattr(model, "lora_config", None)
-    if cfg is None:
-        raise ValueError("model has no LoRA adapters (call apply_lora first)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model, state_dict).items()}
-    adapter_config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": str(base_model_name_or_path),
-        "r": cfg["r"],
-        "lora_alpha": cfg["alpha"],
-        "lora_dropout": cfg["dropout"],
-        "target_modules": cfg["target_modules"],
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_rslora": False,
-        "use_dora": False,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "modules_to_save": None,
-    }
-    atomic_write(out / ADAPTER_WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    atomic_write(out / ADAPTER_CONFIG, lambda p: Path(p).write_text(json.dumps(adapter_config, indent=2)))
-    return out
-
-
-def load_peft_adapter(model: nn.Module, adapter_dir, dropout: float = None) -> list:
-    """Apply LoRA from a PEFT adapter folder to a plain minorpo model (strict: every tensor must match)."""
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    cfg_path, w_path = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
-    for p in (cfg_path, w_path):
-        if not p.exists():
-            raise FileNotFoundError(f"{p} not found: a PEFT adapter folder needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
-    if cfg.get("use_rslora") or cfg.get("use_dora") or cfg.get("fan_in_fan_out"):
-        raise ValueError(f"{cfg_path}: rsLoRA, DoRA and fan_in_fan_out adapters are not supported")
-    targets = cfg["target_modules"]
-    if isinstance(targets, str):
-        targets = "all-linear" if targets == "all-linear" else [targets]
-    apply_lora(model, r=cfg["r"], alpha=cfg["lora_alpha"],
-               dropout=cfg.get("lora_dropout", 0.0) if dropout is None else dropout, targets=targets)
-    tensors = load_file(str(w_path))
-    own = lora_state_dict(model)
-    got = {}
-    for k, v in tensors.items():
-        name = k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k
-        name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
-        if name not in own:
-            raise KeyError(f"{w_path}: tensor {k!r} has no place in the model (no LoRA layer {name!r})")
-        if own[name].shape != v.shape:
-            raise ValueError(f"{w_path}: tensor {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[name].shape)}")
-        got[name] = v
-    missing = sorted(set(own) - set(got))
-    if missing:
-        raise KeyError(f"{w_path}: missing LoRA tensors, e.g. {missing[:3]} ({len(missing)} in all)")
-    model.load_state_dict(got, strict=False)
-    return sorted(got)
-

@@ -39,8 +39,9 @@ from minorpo.fast.buckets import bucketed_step_indices
 from minorpo.fast.master import MasterWeights
 from minorpo.hf.layouts import LAYOUTS
 from minorpo.hf.loader import DTYPES, load_model, resolve, save, source_dtype
+from minorpo.hf.peft import save_peft_adapter
 from minorpo.hf.tokenizer import Tokenizer
-from minorpo.lora import apply_lora, merged_state_dict, save_peft_adapter
+from minorpo.lora import apply_lora, merged_state_dict
 from minorpo.run import folders as runs
 from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
 from minorpo.run.distributed import Distributed, pick_device

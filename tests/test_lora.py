@@ -134,3 +134,25 @@ def test_lora_state_dict_has_only_adapter_keys():
     m = _adapted()
     assert sorted(lora_state_dict(m)) == ["q_proj.lora_A.weight", "q_proj.lora_B.weight",
                                           "v_proj.lora_A.weight", "v_proj.lora_B.weight"]
+
+
+def test_bad_peft_adapter_folder_is_a_user_error_naming_the_file(tmp_path):
+    """minorpo/hf/peft.py's load_peft_adapter: a missing file, an adapter minorpo cannot apply, or a tensor that
+    does not fit is a UserError (one line from the CLI) naming the file."""
+    import json
+
+    from minorpo.errors import MissingFileError, UserError
+    from minorpo.hf.peft import load_peft_adapter, save_peft_adapter
+    with pytest.raises(MissingFileError, match=r"nothing/adapter_config\.json not found"):
+        load_peft_adapter(TwoLayer(), tmp_path / "nothing")
+    folder = save_peft_adapter(_adapted(), tmp_path / "adapter")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    for change, words in [({"peft_type": "IA3"}, "peft_type 'IA3' is not LORA"),
+                          ({"use_dora": True}, "DoRA"), ({"r": 2}, "has shape")]:
+        (folder / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        where = "adapter_model.safetensors" if change.get("r") else "adapter_config.json"
+        with pytest.raises(UserError, match=rf"adapter/{where}: .*{words}"):
+            load_peft_adapter(TwoLayer(), folder)
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj"]}))
+    with pytest.raises(UserError, match=r"adapter_model\.safetensors: tensor 'base_model\.model\.v_proj"):
+        load_peft_adapter(TwoLayer(), folder)

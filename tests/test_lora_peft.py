@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from conftest import assert_close
 from minorpo.hf.loader import load, save
-from minorpo.lora import (apply_lora, load_peft_adapter, lora_disabled, lora_layers, lora_state_dict,
-                          merged_state_dict, save_peft_adapter)
+from minorpo.hf.peft import load_peft_adapter, save_peft_adapter
+from minorpo.lora import apply_lora, lora_disabled, lora_layers, lora_state_dict, merged_state_dict
 from tiny_models import saved
 from tiny_tokenizers import word_tokenizer
 

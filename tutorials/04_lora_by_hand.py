@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from minorpo.hf.config import ModelConfig
-from minorpo.lora import (LoRALinear, apply_lora, load_peft_adapter, lora_disabled, lora_layers, merged_state_dict,
-                          save_peft_adapter)
+from minorpo.hf.peft import load_peft_adapter, save_peft_adapter
+from minorpo.lora import LoRALinear, apply_lora, lora_disabled, lora_layers, merged_state_dict
 from minorpo.models import build_model
 from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 

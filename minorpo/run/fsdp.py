@@ -221,7 +221,8 @@ def export(model, tokenizer, cfg, out: Path, ddp, source):
     (cpu_offload=True: the other ranks keep nothing), so no GPU holds more than one full parameter beyond its
     shards; rank 0's CPU memory holds the whole model (float32: 4 bytes a parameter) while it is written."""
     from minorpo.hf.loader import DTYPES, save, source_dtype
-    from minorpo.lora import merged_state_dict, save_peft_adapter
+    from minorpo.lora import merged_state_dict
+    from minorpo.hf.peft import save_peft_adapter
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not ddp.main:
         return
