@@ -6,8 +6,8 @@ A frozen linear layer W (out x in) gets a trainable low-rank update:
 
 - A starts Kaiming-uniform, B starts at zero, so at initialisation the model is exactly the base model.
 - The base weight keeps its original key (`...q_proj.weight`), so a normal checkpoint loads unchanged;
-  the adapter adds `...q_proj.lora_A.weight` and `...q_proj.lora_B.weight`, the same names PEFT uses
-  under its `base_model.model.` prefix, so exporting a PEFT adapter is a rename (minorpo/hf/peft.py).
+  the adapter adds `...q_proj.lora_A.weight` and `...q_proj.lora_B.weight`, PEFT's own names (minorpo/hf/peft.py
+  reads and writes PEFT adapter folders).
 - `disabled=True` gives the base model back without a copy: that is DPO's reference model for free.
 - merge / unmerge fold (alpha/r) B A into W and back. Both are idempotent. With bf16 base weights a
   merge-unmerge round trip is not bit-exact (the sum is rounded to bf16): keep the base in fp32 if that matters.

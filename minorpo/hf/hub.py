@@ -1,10 +1,10 @@
 """Local path or Hugging Face Hub id: telling them apart, and fetching a hub repo into the local cache.
 
 Used by loader.py (model folders), tokenizer.py (tokenizer files only) and datafiles.py (datasets). A value that
-looks like a local path (fileio.is_local_path) is never looked up on the hub, so a typo fails at once as a missing
-file. With HF_HUB_OFFLINE set only the local cache is read. huggingface_hub is imported when a hub id is fetched,
-not before: local folders work without it. Any failure to fetch (offline, unknown or gated repo, network) becomes
-the caller's UserError, whose message names the id and the first line of the cause.
+looks like a local path is never looked up on the hub (see fileio.is_local_path). With HF_HUB_OFFLINE set only the
+local cache is read. huggingface_hub is imported when a hub id is fetched, not before: local folders work without
+it. Any failure to fetch (offline, unknown or gated repo, network) becomes the caller's UserError, whose message
+names the id and the first line of the cause.
 """
 
 from __future__ import annotations
