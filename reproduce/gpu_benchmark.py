@@ -9,7 +9,7 @@ Measured on one H100 80GB HBM3 (torch 2.11+cu130, transformers 5.17, TRL 1.16; 2
   attention off too), peak memory 23.5 vs 49.3 GiB = 0.48x; MFU 9.5% eager, 12.6% with --compile (>= 40%: DOES
   NOT HOLD). SmolLM2-135M shape: 56,188 vs 29,449 tokens/s = 1.91x, memory 0.52x. Step-1 NLL equal to 3e-6.
 
-How to run it: reproduce/gpu_checks.sh (this benchmark, then reproduce/cuda_check.py; about 5 minutes). On a
+How to run it: reproduce/gpu_checks.sh (this benchmark, then tests/test_cuda.py; about 5 minutes). On a
 machine without trl or datasets (such as this project's lent GPU machines, see the device tool's README), put
 their wheels in .whl/ at the repository root first:
        python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
