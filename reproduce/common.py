@@ -457,7 +457,7 @@ def draw_subsets(pool: list, n_train: int, n_heldout: int, seed: int) -> tuple[l
 
 def measure(model, sets: dict, pad_id: int, batch_size: int, device) -> dict:
     """{set name: (a, b)}: per-pair chosen and rejected log-probs (Eq. 3) of every set, no grad."""
-    return {name: pair_logps(model, pairs, pad_id, batch_size, device) for name, pairs in sets.items()}
+    return {name: pair_logps(model, pairs, pad_id, batch_size, device) for name, pairs in sets.items() if pairs}
 
 
 class ETA:
@@ -526,7 +526,8 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
     sets = {"trained": trained, "heldout": heldout}
     mb = 2 * cfg.batch_size  # measurement batch: no grad, so twice the training batch fits
 
-    out = {"steps": [], "trained": {"a": [], "b": []}, "heldout": {"a": [], "b": []}, "rows": []}
+    sets = {k: v for k, v in sets.items() if v}  # an empty held-out set (win_rate.py) is not measured
+    out = {"steps": [], "rows": [], **{k: {"a": [], "b": []} for k in sets}}
 
     def record(step, m):
         out["steps"].append(step)
@@ -584,7 +585,7 @@ def run_arms(args, arms: dict, seed: int, pool: list, eta: ETA | None = None) ->
         model, tok = load_model(args)
         r = train_measured(args, model, tok, trained, heldout, method, seed, f"seed {seed}, {name}", eta, start,
                            **overrides)
-        start = {k: (r[k]["a"][0], r[k]["b"][0]) for k in ("trained", "heldout")}
+        start = {k: (r[k]["a"][0], r[k]["b"][0]) for k in ("trained", "heldout") if k in r}
         runs[name] = r
         del model
     return runs, trained, heldout
@@ -610,3 +611,15 @@ def curves(run: dict, which: str) -> dict:
     a, b = run[which]["a"], run[which]["b"]
     return {"steps": run["steps"], "chosen": a.mean(1).tolist(), "rejected": b.mean(1).tolist(),
             "log_or": L.log_odds_ratio(a.double(), b.double()).mean(1).tolist()}
+
+
+def table2_split(pairs: list) -> dict:
+    """Mini Table 2's disjoint row groups, by a fixed hash of each pair's source row (TokenizedPair.where), so
+    the split is the same whichever tokenizer read the rows: judge_train 45%, judge_heldout 15%, policy_train
+    25%, eval (the prompts generated for) 15%; each group in file order."""
+    import hashlib
+    groups = {"judge_train": [], "judge_heldout": [], "policy_train": [], "eval": []}
+    for p in pairs:
+        b = int(hashlib.sha256(f"table2:{p.where}".encode()).hexdigest(), 16) % 20
+        groups["judge_train" if b < 9 else "judge_heldout" if b < 12 else "policy_train" if b < 17 else "eval"].append(p)
+    return groups

@@ -23,12 +23,12 @@ sys.path.insert(0, str(REPO / "reproduce"))
 import stats as S  # noqa: E402
 VERDICTS = {"HOLDS", "DOES NOT HOLD", "INCONCLUSIVE"}
 SCRIPTS = ["odds_vs_probability_ratio", "gradient_formula", "probability_inflation", "orpo_vs_sft", "lambda_ablation",
-           "memory_and_time"]
+           "memory_and_time", "lr_pilot", "reward_model", "win_rate"]
 
 
-def run_smoke(script: str, out: Path) -> dict:
+def run_smoke(script: str, out: Path, *extra: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / f"{script}.py"), "--smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / f"{script}.py"), "--smoke", "--out", str(out), *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "VERDICT:" in proc.stdout and "CLAIM" in proc.stdout
@@ -91,7 +91,11 @@ def results(tmp_path_factory):
 
     def get(script):
         if script not in cache:
-            cache[script] = run_smoke(script, tmp_path_factory.mktemp(script))
+            extra = ()
+            if script == "win_rate":  # it reads the judge that reward_model.py wrote
+                extra = ("--judge-result", str(Path(get("reward_model")["_out"]) / "result_smoke.json"))
+            out = tmp_path_factory.mktemp(script)
+            cache[script] = {**run_smoke(script, out, *extra), "_out": str(out)}
         return cache[script]
     return get
 
@@ -190,3 +194,38 @@ def test_memory_and_time(results):
     assert b["full/orpo"]["reference_weights"] == 0 and b["lora/dpo"]["reference_weights"] == 0
     assert b["full/orpo"]["adamw_state"] == 8 * params
     assert all(len(v) >= 2 for v in m["step_times_s"].values())
+
+
+def test_lr_pilot(results):
+    """The chosen learning rate is one of the grid, and the rule's choice is recomputed from the JSON: the
+    smallest lr whose precondition passed without damaging the held-out chosen log-prob."""
+    r = results("lr_pilot")
+    grid = r["measured"]["grid"]
+    ok = [v["lr"] for v in grid.values() if v["passed"] and not v["damages_heldout"]]
+    assert r["measured"]["chosen_lr"] in [v["lr"] for v in grid.values()]
+    if ok:
+        assert r["measured"]["chosen_lr"] == min(ok)
+    assert all(v["median_step_s"] > 0 and v["measure_s"] > 0 for v in grid.values())
+
+
+def test_reward_model_and_win_rate(results):
+    """The judge's accuracy is k / n with the binomial SE sqrt(p(1-p)/n) and its bootstrap interval around it;
+    the win rate is a fraction of the prompts with its interval around it, and the report says that a weak judge
+    pulls it toward 50%."""
+    rm = results("reward_model")["measured"]
+    k, n = rm["heldout_correct"], rm["heldout_pairs"]
+    assert rm["heldout_accuracy"] == pytest.approx(k / n)
+    assert rm["heldout_accuracy_se"] == pytest.approx(math.sqrt(k / n * (1 - k / n) / n))
+    lo, hi = rm["heldout_accuracy_95ci"]
+    assert lo <= rm["heldout_accuracy"] <= hi and len(rm["head"]["w"]) == len(rm["head"]["mean"])
+    wr = results("win_rate")
+    c = wr["claims"]["Table 2 (mini) win rate ORPO vs SFT"]
+    assert "toward 50%" in c["reason"]
+    for seed in ("seed 0", "seed 1"):
+        m = wr["measured"][seed]
+        lo, hi = m["win_rate_95ci"]
+        assert 0 <= lo <= m["win_rate"] <= hi <= 1
+        assert len(m["rewards"]["ORPO"]) == len(m["rewards"]["SFT"]) == wr["measured"]["prompts"]
+        # the win rate is recomputed from the per-prompt rewards (ties count 1/2)
+        d = [o - q for o, q in zip(m["rewards"]["ORPO"], m["rewards"]["SFT"])]
+        assert m["win_rate"] == pytest.approx(sum((x > 0) + 0.5 * (x == 0) for x in d) / len(d))
