@@ -22,12 +22,9 @@ gradients are summed before the optimizer step, rank 0 alone writes files (minor
 
 import copy
 import functools
-import json
 import math
-import platform
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,129 +33,59 @@ import torch.distributed as dist
 from minorpo import objective
 from minorpo.errors import UserError
 from minorpo.fast.buckets import bucketed_step_indices
+from minorpo.fast.config import SpeedConfig
 from minorpo.fast.master import MasterWeights
-from minorpo.hf.layouts import LAYOUTS
 from minorpo.hf.loader import DTYPES, load_model, resolve, save, source_dtype
 from minorpo.hf.peft import save_peft_adapter
 from minorpo.hf.tokenizer import Tokenizer
 from minorpo.lora import apply_lora, merged_state_dict
 from minorpo.run import folders as runs
 from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
+from minorpo.run.config import RunConfig, setting
 from minorpo.run.distributed import Distributed, pick_device
-from minorpo.run.fileio import atomic_write
-from minorpo.run.pairs import load_pairs
+from minorpo.run.pairs import DataSettings, load_pairs
 from minorpo.run.progress import Progress
 from minorpo.run.validate import check_train_config
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig, SpeedConfig, DataSettings):
+    """The settings of a run. The fields below are the training itself; the inherited ones are machinery, each
+    group in its own room: data sources (minorpo/run/pairs.py), speed and precision switches (minorpo/fast/config.py),
+    the run folder, devices and processes (minorpo/run/config.py). One flag per field: `minorpo train --help`."""
     # --- what to train
-    model: str = field(default="", metadata={"help": "hub id or local folder (config.json + *.safetensors + tokenizer.json)"})
-    data: str = field(default="", metadata={"help": "preference data: a local .jsonl/.json/.jsonl.gz/.parquet file or a hub dataset id"})
-    out: str = field(default="runs/minorpo", metadata={"help": "run folder: metrics.jsonl, checkpoints/, adapter/, final/, plots"})
-    method: str = field(default="orpo", metadata={"help": "orpo (L_SFT + lam*L_OR, Eq. 6), sft (NLL of chosen only), dpo (beta, reference = base model), "
-                                                          "pr (section 7.1's probability-ratio variant: L_SFT + lam * -log sigmoid(beta * (a - b)))",
-                                                  "choices": ["orpo", "sft", "dpo", "pr"]})
-    lam: float = field(default=0.1, metadata={"help": "ORPO's lambda, the weight of the odds-ratio term (TRL calls it beta; paper uses 0.1-1.0)"})
-    beta: float = field(default=0.1, metadata={"help": "DPO's beta (--method dpo), or the probability ratio's beta (--method pr)"})
-    preset: str = field(default="paper", metadata={"help": "loss conventions (which tokens the NLL covers, how it is normalized): see minorpo/loss.py",
-                                                   "choices": ["paper", "trl", "official", "llamafactory"]})
+    model: str = setting("", "hub id or local folder (config.json + *.safetensors + tokenizer.json)")
+    data: str = setting("", "preference data: a local .jsonl/.json/.jsonl.gz/.parquet file or a hub dataset id")
+    method: str = setting("orpo", "orpo (L_SFT + lam*L_OR, Eq. 6), sft (NLL of chosen only), dpo (beta, reference = "
+                                  "base model), pr (section 7.1's probability-ratio variant: L_SFT + lam * -log "
+                                  "sigmoid(beta * (a - b)))", ["orpo", "sft", "dpo", "pr"])
+    lam: float = setting(0.1, "ORPO's lambda, the weight of the odds-ratio term (TRL calls it beta; paper uses "
+                              "0.1-1.0)")
+    beta: float = setting(0.1, "DPO's beta (--method dpo), or the probability ratio's beta (--method pr)")
+    preset: str = setting("paper", "loss conventions (which tokens the NLL covers, how it is normalized): see "
+                                   "minorpo/loss.py", ["paper", "trl", "official", "llamafactory"])
+    max_length: int = setting(512, "max tokens of prompt + response")
+    max_prompt_length: int = setting(0, "prompts longer than this are cut by --prompt-truncation (0 = half of "
+                                        "max_length)")
+    eval_pairs: int = setting(64, "pairs held out for evaluation (a seeded split of --data, never trained on; or the "
+                                  "first N of --eval-data)")
     # --- LoRA (r = 0 means full fine-tuning)
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank; 0 = full fine-tuning of every weight"})
-    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha: the update is scaled by alpha/r"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    lora_targets: str = field(default="attention", metadata={"help": "'attention' (q,k,v,o), 'all-linear', or a comma list of module names"})
+    lora_r: int = setting(16, "LoRA rank; 0 = full fine-tuning of every weight")
+    lora_alpha: float = setting(32.0, "LoRA alpha: the update is scaled by alpha/r")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input")
+    lora_targets: str = setting("attention", "'attention' (q,k,v,o), 'all-linear', or a comma list of module names")
     # --- optimization
-    lr: float = field(default=8e-6, metadata={"help": "peak learning rate (paper: 8e-6 for full ORPO fine-tuning; LoRA usually needs more)"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw, or sgd (plain gradient descent: its update shows the gradient itself, which the tests use)",
-                                                       "choices": ["adamw", "sgd"]})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=10, metadata={"help": "linear warmup steps from 0 to lr"})
-    schedule: str = field(default="cosine", metadata={"help": "decay after warmup (to 0 at max_steps)", "choices": ["cosine", "linear", "constant"]})
-    max_steps: int = field(default=100, metadata={"help": "optimizer steps to run"})
-    batch_size: int = field(default=2, metadata={"help": "pairs per micro-batch (per rank)"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0 = no clipping)"})
-    seed: int = field(default=0, metadata={"help": "seed for data order, LoRA init and dropout"})
-    # --- data (the data fields are shared with `minorpo data inspect`: minorpo/run/pairs.py)
-    split: str = field(default="", metadata={"help": "split of a folder or hub dataset --data: files named <split>.* or <split>-*, or a <split>/ "
-                                                     "folder (default: train, unless --data-files picks the files)"})
-    data_files: str = field(default="", metadata={"help": "glob of the files to read inside a folder or hub dataset --data (e.g. 'pairs*.jsonl')"})
-    revision: str = field(default="", metadata={"help": "hub revision (branch, tag or commit) of --model"})
-    eval_data: str = field(default="", metadata={"help": "held-out pairs from this source (file, folder or hub dataset; its first --eval-pairs usable "
-                                                         "pairs) instead of --eval-pairs split off --data; then all of --data is trained on"})
-    eval_split: str = field(default="test", metadata={"help": "split of --eval-data when it is a folder or hub dataset"})
-    max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response"})
-    max_prompt_length: int = field(default=0, metadata={"help": "prompts longer than this are cut by --prompt-truncation (0 = half of max_length)"})
-    format: str = field(default="auto", metadata={"help": "row layout of the data: auto (detected from its first rows) or one of minorpo/hf/layouts.py's",
-                                                  "choices": ["auto", *LAYOUTS]})
-    prompt_truncation: str = field(default="keep_end", metadata={"help": "a prompt over --max-prompt-length keeps its last tokens (keep_end), its first "
-                                                                         "(keep_start), or the row is dropped (drop)",
-                                                                 "choices": ["keep_end", "keep_start", "drop"]})
-    chat_template: bool = field(default=False, metadata={"help": "format with the tokenizer's chat template (else raw text)"})
-    eval_pairs: int = field(default=64, metadata={"help": "pairs held out for evaluation (a seeded split of --data, never trained on; or the first "
-                                                          "N of --eval-data)"})
-    eval_every: int = field(default=25, metadata={"help": "evaluate every N steps (and at the start and end)"})
-    max_pairs: int = field(default=0, metadata={"help": "use only the first N usable pairs of the data (0 = all)"})
-    # --- precision, memory, hardware
-    precision: str = field(default="fp32", metadata={"help": "fp32; bf16 (autocast, fp32 weights); bf16-weights (bf16 model weights, no autocast: with LoRA "
-                                                             "the adapters and their optimizer state stay fp32; with full fine-tuning the "
-                                                             "optimizer updates fp32 master copies, see minorpo/fast/master.py)",
-                                                     "choices": ["fp32", "bf16", "bf16-weights"]})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward: less memory, ~30% more time"})
-    chunk_size: int = field(default=1024, metadata={"help": "tokens per chunk of the log-prob computation (memory vs speed); "
-                                                             "0 = unchunked: the full [2B, T, V] logits, as most trainers do"})
-    layout: str = field(default="padded", metadata={"help": "padded: chosen and rejected as separate rows (as TRL); shared: one row "
-                                                            "[prompt | chosen | rejected] per pair, the prompt computed once",
-                                                    "choices": ["padded", "shared"]})
-    unpadded: bool = field(default=False, metadata={"help": "with --layout shared: run each pair's row at its own length, one "
-                                                             "by one, instead of padding a micro-batch to its longest row "
-                                                             "(no padded tokens; faster on a CPU, slower on a GPU)"})
-    length_buckets: int = field(default=0, metadata={"help": "0 = off; N: take the pairs of N consecutive steps, sort them by length "
-                                                             "and deal them out as N batches in a seeded order (less padding)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block and the output head's per-chunk "
-                                                            "elementwise work (logsumexp, softmax gradient): fused elementwise ops, "
-                                                            "fewer saved activations (SmolLM2 on 2 CPU cores: ~22% less peak memory, "
-                                                            "about the same speed); the first step pays the compilation (~30 s there)"})
-    cudnn_attention: bool = field(default=False, metadata={"help": "CUDA only: allow cuDNN's attention kernel. Off by default: "
-                                                                   "it builds a plan for every new sequence length, which on an H100 "
-                                                                   "cost +0.14 s per step (Qwen2.5-0.5B shape, 8 pairs) for a 7% gain "
-                                                                   "when a length repeats; off, PyTorch takes its memory-efficient kernel"})
-    attention: str = field(default="sdpa", metadata={"help": "sdpa: PyTorch's fused attention, with a dense mask for --layout shared; "
-                                                              "flex: FlexAttention with the shared layout's block mask, skipping "
-                                                              "the 128x128 blocks no query may see (CUDA only: PyTorch's "
-                                                              "FlexAttention has no CPU backward; --layout shared; compiled on "
-                                                              "first use). Not yet timed against sdpa on a GPU",
-                                                      "choices": ["sdpa", "flex"]})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
-    fsdp: bool = field(default=False, metadata={"help": "under torchrun: shard parameters, gradients and AdamW state over the "
-                                                        "ranks (PyTorch FSDP2, minorpo/run/fsdp.py) instead of replicating them"})
-    fsdp_cpu_offload: bool = field(default=False, metadata={"help": "with --fsdp: keep the shards, gradients and optimizer "
-                                                                    "state in CPU memory"})
-    reshard_after_forward: bool = field(default=True, metadata={"help": "with --fsdp: free each block's gathered weights "
-                                                                        "after its forward (--no-reshard-after-forward "
-                                                                        "keeps them until backward: ZeRO-2-like)"})
-    # --- bookkeeping
-    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps and at the last step (0 = only at the last step; -1 = never, "
-                                                            "for sweeps and benchmarks that need only metrics)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
-    resume: str = field(default="", metadata={"help": "continue the run in --out: from its newest intact checkpoint (--resume), or from "
-                                                       "the checkpoint folder PATH (--resume PATH); refuses changed settings "
-                                                       "except those minorpo/run/folders.py lists (e.g. a larger --max-steps)"})
-    overwrite: bool = field(default=False, metadata={"help": "delete the run already in --out and start again (without it, and "
-                                                              "without --resume, an existing run is never touched)"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar with ETA (training and evaluation)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (torch.set_num_threads; 0 = torch's default, one per "
-                                                       "core); on a busy machine fewer threads can be much faster"})
-    report_to: str = field(default="jsonl", metadata={"help": "jsonl: RUN/metrics.jsonl only; tensorboard: also RUN/tensorboard/ "
-                                                               "(needs pip install tensorboard); metrics.jsonl is always written",
-                                                       "choices": ["jsonl", "tensorboard"]})
-    export: bool = field(default=True, metadata={"help": "write RUN/adapter and the merged RUN/final at the end (--no-export: "
-                                                          "benchmarks and sweeps that only need metrics)"})
-    export_dtype: str = field(default="auto", metadata={"help": "dtype of the weights in RUN/final: auto = the dtype of the model's "
-                                                                "own checkpoint (bf16 for a bf16 model), or float32, bfloat16, float16",
-                                                        "choices": ["auto", *DTYPES]})
+    lr: float = setting(8e-6, "peak learning rate (paper: 8e-6 for full ORPO fine-tuning; LoRA usually needs more)")
+    optimizer: str = setting("adamw", "adamw, or sgd (plain gradient descent: its update shows the gradient itself, "
+                                      "which the tests use)", ["adamw", "sgd"])
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_steps: int = setting(10, "linear warmup steps from 0 to lr")
+    schedule: str = setting("cosine", "decay after warmup (to 0 at max_steps)", ["cosine", "linear", "constant"])
+    max_steps: int = setting(100, "optimizer steps to run")
+    batch_size: int = setting(2, "pairs per micro-batch (per rank)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    max_grad_norm: float = setting(1.0, "clip the global gradient norm (0 = no clipping)")
+    seed: int = setting(0, "seed for data order, LoRA init and dropout")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -324,11 +251,7 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
         out.mkdir(parents=True, exist_ok=True)
         if start.checkpoint is None:
             runs.write_config(out, cfg)  # a resumed run keeps its config.json (changes: RUN/resumes.jsonl)
-        run_info = {"command": " ".join(sys.argv), "python": platform.python_version(), "torch": torch.__version__,
-                    "device": str(device), "cpu": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "world_size": ddp.world,
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-        atomic_write(out / "run_info.json", lambda p: Path(p).write_text(json.dumps(run_info, indent=2)))
+        runs.write_run_info(out, device, ddp.world)  # command, versions, hardware
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     spec = objective.LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset,

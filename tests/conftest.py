@@ -70,3 +70,10 @@ def pair(tmp_path_factory):
             cache[arch] = (hf, load_model(folder))
         return cache[arch]
     return get
+
+
+@pytest.fixture(scope="module")
+def tiny_run_inputs(tmp_path_factory):
+    """(model folder, data file) of a tiny training run (tiny_runs.tiny_run_files), built once per test module."""
+    from tiny_runs import tiny_run_files
+    return tiny_run_files(tmp_path_factory.mktemp("train"))

@@ -13,7 +13,7 @@ import torch
 
 from minorpo.hf.config import ModelConfig
 from minorpo.models import build_model
-from test_train import tiny_run_files
+from tiny_runs import tiny_run_files
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "reproduce"))

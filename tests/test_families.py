@@ -243,7 +243,7 @@ def test_cli_train_lora_all_linear_export_loads_in_transformers(tmp_path, arch, 
     1.5e-5 from PEFT's own merged model (transformers 5.24, peft 0.21), so it is not the same-operations oracle.
     Training moved the logits (> 1e-3), so the comparison sees the adapter."""
     peft = pytest.importorskip("peft")
-    from test_train import tiny_run_files
+    from tiny_runs import tiny_run_files
 
     from minorpo.tools.cli import main
     folder, data = tiny_run_files(tmp_path / "in", arch=arch)

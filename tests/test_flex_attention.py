@@ -18,7 +18,7 @@ from minorpo.data import DataConfig, load_preferences
 from minorpo.fast.flex import block_mask as flex_block_mask
 from minorpo.hf.loader import load
 from minorpo.train import TrainConfig, train
-from test_train import tiny_run_files
+from tiny_runs import tiny_run_files
 
 pytest.importorskip("torch.nn.attention.flex_attention")
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")

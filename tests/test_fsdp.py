@@ -25,7 +25,7 @@ from conftest import assert_close
 from minorpo.run.checkpoint import list_checkpoints
 from minorpo.tools.cli import main
 from minorpo.train import TrainConfig, train
-from test_train import RANK_SCRIPT, tiny_run_files
+from tiny_runs import RANK_SCRIPT, tiny_run_files
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from minorpo.run.checkpoint import list_checkpoints, read_optimizer_state
 from minorpo.fast.master import MasterWeights
-from test_train import _run, tiny_run_inputs  # noqa: F401  (tiny_run_inputs is a pytest fixture)
+from tiny_runs import train_tiny as _run
 
 
 def _tiny_bf16(seed=0):

@@ -19,7 +19,7 @@ from minorpo.errors import UserError
 from minorpo.hf.loader import load
 from minorpo.lora import merged_state_dict
 from minorpo.train import TrainConfig, train
-from test_train import _pairs, tiny_run_files, write_data
+from tiny_runs import pairs_of as _pairs, tiny_run_files, write_data
 from tiny_models import hf_model
 from tiny_tokenizers import word_tokenizer
 

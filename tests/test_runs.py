@@ -19,7 +19,7 @@ from minorpo.tools.cli import main
 from minorpo.errors import UserError
 from minorpo.hf.loader import load
 from minorpo.train import TrainConfig, train
-from test_train import _pairs, tiny_run_files
+from tiny_runs import pairs_of as _pairs, tiny_run_files
 
 
 @pytest.fixture(scope="module")

@@ -19,64 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_close
-from minorpo.run.checkpoint import list_checkpoints
-from minorpo.data import DataConfig, load_preferences
 from minorpo.hf.loader import load
-from minorpo.train import TrainConfig, train
-from tiny_models import saved
-from tiny_tokenizers import word_tokenizer
-
-REPO = Path(__file__).resolve().parents[1]
-WORDS = ["hi", "hello", "how", "are", "you", "fine", "bad", "go", "away", "I", "am", "good", "thanks", "what",
-         "is", "two", "plus", "four", "five", "nice", "ok", "no", "yes", "sure"]
-
-
-def write_data(path: Path, n: int, seed: int = 0):
-    """n standard-format pairs of random lengths over the tiny tokenizer's words (unequal token counts)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def text(lo, hi):
-        k = int(torch.randint(lo, hi, (1,), generator=g))
-        return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (k,), generator=g))
-
-    with open(path, "w") as f:
-        for _ in range(n):
-            f.write(json.dumps({"prompt": text(2, 9) + " ?", "chosen": text(1, 7), "rejected": text(1, 7)}) + "\n")
-    return path
-
-
-def tiny_run_files(root: Path, seed: int = 0, n: int = 40, arch: str = "llama-tied", **tokenizer_kw):
-    """(model folder, data file) for a training run: a tiny random `arch` with the word tokenizer in root/model,
-    n random pairs (write_data) in root/pairs.jsonl."""
-    folder = Path(root) / "model"
-    saved(arch, folder)
-    word_tokenizer(folder, **tokenizer_kw)
-    return folder, write_data(Path(root) / "pairs.jsonl", n, seed=seed)
-
-
-@pytest.fixture(scope="module")
-def tiny_run_inputs(tmp_path_factory):
-    return tiny_run_files(tmp_path_factory.mktemp("train"))
-
-
-def _pairs(data, tokenizer):
-    return load_preferences(str(data), tokenizer, DataConfig(max_length=64)).examples
-
-
-def _run(tiny_run_inputs, out, dtype=torch.float32, **overrides):
-    folder, data = tiny_run_inputs
-    model, tok = load(folder, dtype=dtype)
-    cfg = TrainConfig(model=str(folder), data=str(data), out=str(out), lora_r=4, lora_alpha=8, lr=0.05,
-                      max_steps=1, warmup_steps=0, schedule="constant", eval_pairs=4, eval_every=0, save_every=0,
-                      progress=False, max_length=64)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    last = train(cfg, model=model, tokenizer=tok, pairs=_pairs(data, tok))
-    return model, last
-
-
-def _trainable(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+from minorpo.run.checkpoint import list_checkpoints
+from tiny_runs import RANK_SCRIPT, metric_rows, train_tiny, trainable
 
 
 @pytest.mark.parametrize("preset", ["paper", "trl"])
@@ -89,36 +34,38 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_run_inputs, tmp_path, p
     averages per sequence.
     """
     kw = dict(optimizer="sgd", preset=preset, max_grad_norm=0.0, lora_r=0, method="orpo", lam=0.5)
-    big, _ = _run(tiny_run_inputs, tmp_path / "big", torch.float64, batch_size=4, grad_accum=1, **kw)
-    acc, _ = _run(tiny_run_inputs, tmp_path / "acc", torch.float64, batch_size=1, grad_accum=4, **kw)
+    big, _ = train_tiny(tiny_run_inputs, tmp_path / "big", torch.float64, batch_size=4, grad_accum=1, **kw)
+    acc, _ = train_tiny(tiny_run_inputs, tmp_path / "acc", torch.float64, batch_size=1, grad_accum=4, **kw)
     ref, _ = load(tiny_run_inputs[0], dtype=torch.float64)
-    big_p, acc_p, ref_p = _trainable(big), _trainable(acc), dict(ref.named_parameters())
+    big_p, acc_p, ref_p = trainable(big), trainable(acc), dict(ref.named_parameters())
     moved = max((big_p[n] - ref_p[n]).abs().max().item() for n in big_p)
     assert moved > 1e-4  # the step did something
     for n in big_p:
         assert_close(acc_p[n], big_p[n], rtol=1e-10, atol=1e-12, what=n)
     # the same with AdamW and LoRA, as a user would run it (float64: equal to ~1e-10 as above)
-    big, b_last = _run(tiny_run_inputs, tmp_path / "big2", torch.float64, batch_size=4, grad_accum=1, preset=preset)
-    acc, a_last = _run(tiny_run_inputs, tmp_path / "acc2", torch.float64, batch_size=1, grad_accum=4, preset=preset)
-    for n, p in _trainable(big).items():
-        assert_close(_trainable(acc)[n], p, rtol=1e-10, atol=1e-12, what=n)
+    big, b_last = train_tiny(tiny_run_inputs, tmp_path / "big2", torch.float64, batch_size=4, grad_accum=1,
+                             preset=preset)
+    acc, a_last = train_tiny(tiny_run_inputs, tmp_path / "acc2", torch.float64, batch_size=1, grad_accum=4,
+                             preset=preset)
+    for n, p in trainable(big).items():
+        assert_close(trainable(acc)[n], p, rtol=1e-10, atol=1e-12, what=n)
     # the logged global-batch loss is the same number too
     assert b_last["loss"] == pytest.approx(a_last["loss"], rel=1e-10)
 
 
 def test_gradient_checkpointing_gives_identical_parameters(tiny_run_inputs, tmp_path):
     """Checkpointing recomputes the same ops in the same order: parameters after 3 steps are bit-equal."""
-    on, _ = _run(tiny_run_inputs, tmp_path / "on", max_steps=3, batch_size=2, gradient_checkpointing=True)
-    off, _ = _run(tiny_run_inputs, tmp_path / "off", max_steps=3, batch_size=2, gradient_checkpointing=False)
-    for n, p in _trainable(off).items():
-        assert torch.equal(_trainable(on)[n], p), n
+    on, _ = train_tiny(tiny_run_inputs, tmp_path / "on", max_steps=3, batch_size=2, gradient_checkpointing=True)
+    off, _ = train_tiny(tiny_run_inputs, tmp_path / "off", max_steps=3, batch_size=2, gradient_checkpointing=False)
+    for n, p in trainable(off).items():
+        assert torch.equal(trainable(on)[n], p), n
 
 
 def test_run_folder_outputs(tiny_run_inputs, tmp_path):
     """metrics.jsonl with TRL's names, eval rows, config, adapter and merged model that transformers loads."""
     out = tmp_path / "run"
-    model, last = _run(tiny_run_inputs, out, max_steps=4, batch_size=2, eval_every=2, save_every=2)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    model, last = train_tiny(tiny_run_inputs, out, max_steps=4, batch_size=2, eval_every=2, save_every=2)
+    rows = metric_rows(out)
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     for key in ("loss", "nll_loss", "odds_ratio_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen",
                 "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
@@ -172,7 +119,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_run_inputs, tmp_path):
     resumed = load_file(out / "final" / "model.safetensors")
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(out)
     assert [r["step"] for r in rows] == list(range(151))  # rows after the checkpoint were dropped and redone
 
 
@@ -189,16 +136,6 @@ def test_truncated_checkpoint_falls_back_to_previous(tiny_run_inputs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "skipping damaged checkpoint step-000006" in r.stdout
     assert "resumed from" in r.stdout and "step-000004" in r.stdout
-
-
-RANK_SCRIPT = """import os, sys
-from pathlib import Path
-from minorpo.tools.cli import main
-rc = main(sys.argv[1:])
-names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
-Path(os.environ["THREADS_DIR"], "rank" + os.environ["RANK"]).write_text(" ".join(names))
-sys.exit(rc)
-"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through /proc (Linux)")

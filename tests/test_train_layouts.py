@@ -14,18 +14,15 @@ Tolerances:
     wrong normalization (a token or pair count off) moves the update by more than 1e-2.
 """
 
-import json
-
 import pytest
 import torch
 
 from conftest import assert_close
 from minorpo import objective
-from minorpo.data import DataConfig, load_preferences
-from minorpo.hf.loader import load
 from minorpo.fast.buckets import bucketed_step_indices
-from minorpo.train import TrainConfig, step_indices, train
-from test_train import tiny_run_files
+from minorpo.hf.loader import load
+from minorpo.train import step_indices
+from tiny_runs import metric_rows, pairs_of, tiny_run_files, train_tiny, trainable
 
 RTOL, ATOL = 1e-10, 1e-12  # float64, same rows (see the module docstring)
 LAYOUT_RTOL = 1e-5  # shared vs padded: float32 RMSNorm in backward (see the module docstring)
@@ -37,24 +34,9 @@ def inputs(tmp_path_factory):
 
 
 def _run(inputs, out, dtype=torch.float64, **overrides):
-    folder, data = inputs
-    model, tok = load(folder, dtype=dtype)
-    pairs = load_preferences(str(data), tok, DataConfig(max_length=64)).examples
-    cfg = TrainConfig(model=str(folder), data=str(data), out=str(out), lora_r=0, lr=0.05, optimizer="sgd",
-                      max_grad_norm=0.0, max_steps=1, warmup_steps=0, schedule="constant", eval_pairs=4,
-                      eval_every=0, save_every=0, progress=False, max_length=64, lam=0.5, batch_size=4)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    last = train(cfg, model=model, tokenizer=tok, pairs=pairs)
-    return model, last
-
-
-def _params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """One SGD step of full fine-tuning, no clipping, lam 0.5, 4 pairs (tiny_runs.TINY_RUN for the rest)."""
+    kw = dict(lora_r=0, optimizer="sgd", max_grad_norm=0.0, lam=0.5, batch_size=4)
+    return train_tiny(inputs, out, dtype, **{**kw, **overrides})
 
 
 def _assert_same_step(inputs, a, b, what, tol=RTOL):
@@ -62,7 +44,7 @@ def _assert_same_step(inputs, a, b, what, tol=RTOL):
     (ma, la), (mb, lb) = a, b
     base, _ = load(inputs[0], dtype=torch.float64)
     p0 = dict(base.named_parameters())
-    pa, pb = _params(ma), _params(mb)
+    pa, pb = trainable(ma), trainable(mb)
     for n in pa:
         ua, ub = pa[n] - p0[n], pb[n] - p0[n]
         assert_close(ua, ub, rtol=tol, atol=tol * ub.abs().max().item(), what=f"{what}: update of {n}")
@@ -74,7 +56,7 @@ def test_one_step_moves_the_weights(inputs, tmp_path):
     model, _ = _run(inputs, tmp_path / "run")
     ref, _ = load(inputs[0], dtype=torch.float64)
     ref = dict(ref.named_parameters())
-    assert max((p - ref[n]).abs().max().item() for n, p in _params(model).items()) > 1e-4
+    assert max((p - ref[n]).abs().max().item() for n, p in trainable(model).items()) > 1e-4
 
 
 @pytest.mark.parametrize("preset", ["paper", "trl", "official"])
@@ -88,7 +70,7 @@ def test_shared_layout_step_equals_padded(inputs, tmp_path, preset, method):
     padded = _run(inputs, tmp_path / "padded", layout="padded", **kw)
     shared = _run(inputs, tmp_path / "shared", layout="shared", **kw)
     _assert_same_step(inputs, shared, padded, f"{preset}/{method}", LAYOUT_RTOL)
-    ev_p, ev_s = _rows(tmp_path / "padded")[0], _rows(tmp_path / "shared")[0]
+    ev_p, ev_s = metric_rows(tmp_path / "padded")[0], metric_rows(tmp_path / "shared")[0]
     assert "eval_logps/chosen" in ev_p
     for k in ev_p:
         assert ev_s[k] == pytest.approx(ev_p[k], rel=RTOL, abs=ATOL), k
@@ -104,7 +86,7 @@ def test_shared_layout_accumulation_uses_global_counts(inputs, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["trl", "official"])
-def test_unpadded_rows_step_equal_padded_rows(inputs, tmp_path, preset):
+def test_unpadded_rows_step_equal_paddedmetric_rows(inputs, tmp_path, preset):
     """Shared layout, each row at its own length (unpadded=True: 4 forwards of one row) vs the micro-batch padded to
     its longest row: the same positions computed the same way, so the same step to 1e-10 (float64), the same
     loss and the same held-out metrics (including the logits/* means, merged over rows). trl: prompt+response
@@ -144,7 +126,7 @@ def test_length_buckets_keep_each_windows_pairs_and_cut_padding(inputs):
     """
     folder, data = inputs
     _, tok = load(folder)
-    pairs = load_preferences(str(data), tok, DataConfig(max_length=64)).examples
+    pairs = pairs_of(data, tok)
     lengths = [objective.row_length(p, "padded") for p in pairs]
     G, W = 2, 5
     plain_tokens = bucket_tokens = 0
@@ -169,9 +151,9 @@ def test_length_buckets_resume_is_exact(inputs, tmp_path):
     whole, _ = _run(inputs, tmp_path / "whole", torch.float32, max_steps=4, **kw)
     _run(inputs, tmp_path / "resumed", torch.float32, max_steps=2, save_every=2, **kw)
     resumed, _ = _run(inputs, tmp_path / "resumed", torch.float32, max_steps=4, save_every=2, resume="latest", **kw)
-    for n, p in _params(whole).items():
-        assert torch.equal(_params(resumed)[n], p), n
-    steps = [r["step"] for r in _rows(tmp_path / "resumed")]
+    for n, p in trainable(whole).items():
+        assert torch.equal(trainable(resumed)[n], p), n
+    steps = [r["step"] for r in metric_rows(tmp_path / "resumed")]
     assert steps == [0, 1, 2, 3, 4]
 
 
@@ -191,6 +173,6 @@ def test_compiled_blocks_step_equals_eager(inputs, tmp_path):
     eager, le = _run(inputs, tmp_path / "eager", torch.float32, **kw)
     compiled, lc = _run(inputs, tmp_path / "compiled", torch.float32, compile=True, **kw)
     assert all(layer._compiled_call_impl is not None for layer in compiled.layers)  # compiled in place
-    for n, p in _params(eager).items():
-        assert_close(_params(compiled)[n], p, rtol=1e-5, atol=1e-6, what=n)
+    for n, p in trainable(eager).items():
+        assert_close(trainable(compiled)[n], p, rtol=1e-5, atol=1e-6, what=n)
     assert lc["loss"] == pytest.approx(le["loss"], rel=1e-5)

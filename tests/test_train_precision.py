@@ -11,7 +11,6 @@
     prompt + response tokens of the batch).
 """
 
-import json
 import math
 
 import pytest
@@ -19,16 +18,12 @@ import torch
 
 from minorpo.run.checkpoint import list_checkpoints, read_optimizer_state
 from minorpo.lora import lora_layers
-from test_train import _pairs, _run, tiny_run_inputs  # noqa: F401  (tiny_run_inputs is a pytest fixture)
+from tiny_runs import metric_rows, pairs_of as _pairs, train_tiny as _run
 
 transformers = pytest.importorskip("transformers")
 
 LOG2 = math.log(2.0)
 FP32_ULP = 2.0 ** -23  # float32 spacing just above 1.0 (relative)
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +81,7 @@ def test_dpo_starts_at_log2_and_falls(tiny_run_inputs, tmp_path, lora_r, lr):
     out = tmp_path / "run"
     _run(tiny_run_inputs, out, max_steps=5, method="dpo", beta=0.5, lora_r=lora_r, lr=lr, max_pairs=4,
          eval_pairs=0, batch_size=4)
-    rows = metrics(out)[1:]
+    rows = metric_rows(out)[1:]
     assert rows[0]["loss"] == pytest.approx(LOG2, rel=2 * FP32_ULP, abs=0)
     assert rows[0]["rewards/chosen"] == 0.0 and rows[0]["rewards/rejected"] == 0.0
     assert rows[0]["rewards/margins"] == 0.0

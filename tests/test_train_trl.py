@@ -42,7 +42,7 @@ from minorpo.data import DataConfig, load_preferences
 from minorpo.hf.loader import load
 from minorpo.lora import apply_lora, lora_layers
 from minorpo.train import TrainConfig, train
-from test_train import write_data
+from tiny_runs import write_data
 from tiny_models import saved
 from tiny_tokenizers import word_tokenizer
 

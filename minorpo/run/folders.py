@@ -12,10 +12,14 @@ A run folder is one holding config.json, metrics.jsonl or checkpoints/ (README.m
 """
 
 import json
+import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import torch
 
 from minorpo.run.checkpoint import checkpoint_step, clean_temporary, latest_valid_checkpoint, verify_checkpoint
 from minorpo.errors import UserError
@@ -181,6 +185,15 @@ def write_config(out: Path, cfg):
     """config.json: the settings a run began with (resume and overwrite are what a command did, not settings)."""
     d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("resume", "overwrite")}
     atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(d, indent=2)))
+
+
+def write_run_info(out: Path, device, world_size: int):
+    """run_info.json: the command, the versions and the hardware a run (or its latest resume) ran on."""
+    info = {"command": " ".join(sys.argv), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "world_size": world_size,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    atomic_write(out / "run_info.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
 
 
 def read_config_file(path, cls) -> dict:

@@ -1,15 +1,39 @@
-"""The data of a training run: a TrainConfig's data fields read into tokenized pairs, with the drop report.
+"""The data of a training run: where the pairs come from and how rows are read (DataSettings, which TrainConfig
+inherits), and load_pairs, which reads them into tokenized pairs with a report of the dropped rows.
 
 `minorpo data inspect` takes the same data fields (DATA_FIELDS) and builds the same DataConfig (data_config), so
 what it shows is what `minorpo train` reads.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from minorpo.data import DataConfig, load_preferences
 from minorpo.errors import UserError
+from minorpo.hf.layouts import LAYOUTS
+from minorpo.run.config import setting
 from minorpo.run.fileio import atomic_write
+
+
+@dataclass
+class DataSettings:
+    revision: str = setting("", "hub revision (branch, tag or commit) of --model")
+    split: str = setting("", "split of a folder or hub dataset --data: files named <split>.* or <split>-*, or a "
+                             "<split>/ folder (default: train, unless --data-files picks the files)")
+    data_files: str = setting("", "glob of the files to read inside a folder or hub dataset --data (e.g. "
+                                  "'pairs*.jsonl')")
+    eval_data: str = setting("", "held-out pairs from this source (file, folder or hub dataset; its first "
+                                 "--eval-pairs usable pairs) instead of --eval-pairs split off --data; then all of "
+                                 "--data is trained on")
+    eval_split: str = setting("test", "split of --eval-data when it is a folder or hub dataset")
+    format: str = setting("auto", "row layout of the data: auto (detected from its first rows) or one of "
+                                  "minorpo/hf/layouts.py's", ["auto", *LAYOUTS])
+    prompt_truncation: str = setting("keep_end", "a prompt over --max-prompt-length keeps its last tokens (keep_end), "
+                                                 "its first (keep_start), or the row is dropped (drop)",
+                                     ["keep_end", "keep_start", "drop"])
+    chat_template: bool = setting(False, "format with the tokenizer's chat template (else raw text)")
+    max_pairs: int = setting(0, "use only the first N usable pairs of the data (0 = all)")
 
 # the fields that say how the data is read and cut: `minorpo data inspect` takes exactly these flags
 DATA_FIELDS = ("model", "revision", "data", "split", "data_files", "format", "chat_template", "max_length",
