@@ -64,8 +64,8 @@ def check(cfg):
 
 
 class ShardedDistributed(Distributed):
-    """Distributed (minorpo/run/distributed.py) for --fsdp: a process group even for one rank, a device mesh, and no explicit all-reduce
-    (the gradients were reduce-scattered during backward)."""
+    """Distributed (minorpo/run/distributed.py) for --fsdp: a process group even for one rank, a device mesh, and
+    no explicit all-reduce (the gradients were reduce-scattered during backward)."""
 
     mesh = None
 
