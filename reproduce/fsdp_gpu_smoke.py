@@ -25,7 +25,7 @@ def main():
     out = Path(args.out)
     import torch
     from safetensors.torch import load_file
-    from test_train import tiny_run_files
+    from tiny_runs import tiny_run_files
     folder, data = tiny_run_files(out / "inputs")
     common = ["train", "--model", str(folder), "--data", str(data), "--device", args.device, "--lora-r", "4",
               "--lora-alpha", "8", "--lr", "0.05", "--optimizer", "sgd", "--max-grad-norm", "0", "--warmup-steps", "0",

@@ -34,7 +34,7 @@ from minorpo.data import DataConfig, load_preferences
 from minorpo.hf.loader import load
 from minorpo.hf.tokenizer import Tokenizer
 from minorpo.train import TrainConfig, train
-from test_train import _pairs, tiny_run_files
+from tiny_runs import pairs_of as _pairs, tiny_run_files
 from tiny_models import hf_position_ids
 
 CPU = torch.device("cpu")
