@@ -30,15 +30,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from minorpo import objective
+from minorpo.batches import collate, count_targets, pad_token_id, row_length
 from minorpo.errors import UserError
 from minorpo.fast.buckets import bucketed_step_indices
 from minorpo.fast.config import SpeedConfig
 from minorpo.fast.master import MasterWeights
+from minorpo.forward import LossSpec, evaluate, pair_logps, reference_logps
 from minorpo.hf.loader import DTYPES, load_model, resolve, save, source_dtype
 from minorpo.hf.peft import save_peft_adapter
 from minorpo.hf.tokenizer import Tokenizer
 from minorpo.lora import apply_lora, merged_state_dict
+from minorpo.loss import metric_shares, objective_sums
 from minorpo.run import folders as runs
 from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
 from minorpo.run.config import RunConfig, setting
@@ -63,7 +65,7 @@ class TrainConfig(RunConfig, SpeedConfig, DataSettings):
                               "0.1-1.0)")
     beta: float = setting(0.1, "DPO's beta (--method dpo), or the probability ratio's beta (--method pr)")
     preset: str = setting("paper", "loss conventions (which tokens the NLL covers, how it is normalized): see "
-                                   "minorpo/loss.py", ["paper", "trl", "official", "llamafactory"])
+                                   "minorpo/batches.py", ["paper", "trl", "official", "llamafactory"])
     max_length: int = setting(512, "max tokens of prompt + response")
     max_prompt_length: int = setting(0, "prompts longer than this are cut by --prompt-truncation (0 = half of "
                                         "max_length)")
@@ -230,7 +232,7 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
         master = MasterWeights([(n, p) for n, p in model.named_parameters() if p.requires_grad])
         params = master.params
 
-    pad_id = objective.pad_token_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
 
     # --- optimizer, schedule, resume
     if cfg.optimizer == "adamw":
@@ -254,19 +256,17 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
         runs.write_run_info(out, device, ddp.world)  # command, versions, hardware
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    spec = objective.LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset,
-                              chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded,
-                              attention=cfg.attention, compiled_head=cfg.compile)
-    collate = objective.collate_shared if cfg.layout == "shared" else objective.collate
-    lengths = [objective.row_length(p, cfg.layout) for p in train_set]
+    spec = LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset, chunk_size=cfg.chunk_size,
+                    pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded, attention=cfg.attention,
+                    compiled_head=cfg.compile)
+    lengths = [row_length(p, cfg.layout) for p in train_set]
 
-    def evaluate(step):
+    def held_out(step):
         if not eval_set:
             return {}
         model.eval()
         with torch.no_grad(), autocast:
-            ev = objective.evaluate(model, eval_set, pad_id, spec, batch_size=cfg.batch_size, device=device,
-                                    on_batch=bar.eval_batch)
+            ev = evaluate(model, eval_set, spec, batch_size=cfg.batch_size, device=device, on_batch=bar.eval_batch)
         model.train()
         ev = ddp.mean_dict(ev) if ddp.world > 1 else ev
         return {f"eval_{k}": v for k, v in ev.items()}
@@ -279,7 +279,7 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
     model.train()
     last = {}
     if start_step == 0:
-        last = evaluate(0)
+        last = held_out(0)
         metrics.write({"step": 0, **last})
     t_start = time.time()
     for step in range(start_step, cfg.max_steps):
@@ -290,17 +290,25 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
             idx = step_indices(len(train_set), step, global_batch, cfg.seed)
         mine = idx[ddp.rank::ddp.world]  # this rank's share of the global batch
         micro = [mine[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(cfg.grad_accum)]
-        # normalizers over the whole global batch (all micro-batches, all ranks): see objective.py
-        counts = objective.count_targets([train_set[i] for i in idx], spec)
+        # the counts of the WHOLE global batch (all micro-batches, all ranks): its pairs, and its NLL tokens under
+        # a token mean (its pairs under a sequence mean)
+        counts = count_targets([train_set[i] for i in idx], cfg.preset, pad_id)
         sums = {}
         for k, chunk in enumerate(micro):
-            batch = collate([train_set[i] for i in chunk], pad_id, device)
+            batch = collate([train_set[i] for i in chunk], pad_id, device, cfg.layout)
             if cfg.fsdp:  # reduce-scatter the gradients in the last micro-batch's backward only
                 model.set_requires_gradient_sync(k == len(micro) - 1)
             with autocast:
-                loss, parts = objective.loss_and_metrics(model, batch, spec, counts, reference=reference)
+                tl = pair_logps(model, batch, spec)  # per-token log-probs of chosen and rejected (forward.py)
+                ref = reference_logps(model, batch, spec, reference) if cfg.method == "dpo" else None
+                nll_sum, pair_sum, stats = objective_sums(tl, cfg.method, cfg.lam, cfg.beta, spec.nll_normalization,
+                                                          ref)  # sums over this micro-batch (loss.py)
+            # Exact gradient accumulation: this micro-batch's sums over the GLOBAL batch's counts, so the micro-batch
+            # (and rank) losses add up to the loss of the whole batch. Dividing each micro-batch by its own counts and
+            # averaging is the bug TRL fixed in #3716: micro-batches with few tokens would weigh too much.
+            loss = nll_sum / counts["nll"] + pair_sum / counts["pairs"]
             loss.backward()  # gradients add up over micro-batches
-            for key, v in parts.items():
+            for key, v in metric_shares(loss, stats, counts).items():
                 sums[key] = sums.get(key, 0.0) + v
         ddp.sum_gradients(params)  # and over ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
@@ -312,12 +320,12 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
             master.copy_to_model()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        row = objective.finish_metrics(ddp.mean_dict(sums), ddp.world)
+        row = {k: v * ddp.world for k, v in ddp.mean_dict(sums).items()}  # the shares summed over ranks
         row.update({"step": step + 1, "epoch": (step + 1) * global_batch / len(train_set), "lr": lr,
                     "grad_norm": float(grad_norm), "step_time": time.time() - t0})
         bar.step(step + 1, row["loss"], lr)
         if eval_due(cfg, step + 1):
-            row.update(evaluate(step + 1))
+            row.update(held_out(step + 1))
         metrics.write(row)
         last = row
         due = cfg.save_every >= 0 and (step + 1 == cfg.max_steps or (cfg.save_every and (step + 1) % cfg.save_every == 0))

@@ -155,7 +155,7 @@ def peak_memory(device: str) -> int:
 def minorpo_child(args, plan: dict, overrides: dict) -> dict:
     import torch
 
-    from minorpo import objective
+    from minorpo import train as train_module
     from minorpo.data import build_examples
     from minorpo.hf.loader import load
     from minorpo.train import TrainConfig, train
@@ -179,21 +179,23 @@ def minorpo_child(args, plan: dict, overrides: dict) -> dict:
                       precision=precision, device=args.device, **overrides)
     # record what train() collates, step by step: which pairs, and the batch's shape (padding included)
     batches = []
-    for name in ("collate", "collate_shared"):
-        original = getattr(objective, name)
+    collate = train_module.collate  # train() calls it once per micro-batch: wrapped here, for this run only
 
-        def recording(batch_pairs, pad_id, device, _original=original):
-            batch = _original(batch_pairs, pad_id, device)
-            ids = batch["input_ids"] if "input_ids" in batch else batch["chosen_input_ids"]
-            rows = ids.shape[0] * (1 if "input_ids" in batch else 2)
-            batches.append({"where": [p.where for p in batch_pairs], "computed_tokens": rows * ids.shape[1]})
-            return batch
+    def recording(batch_pairs, *args, **kwargs):
+        batch = collate(batch_pairs, *args, **kwargs)
+        ids = batch["input_ids"] if "input_ids" in batch else batch["chosen_input_ids"]
+        rows = ids.shape[0] * (1 if "input_ids" in batch else 2)
+        batches.append({"where": [p.where for p in batch_pairs], "computed_tokens": rows * ids.shape[1]})
+        return batch
 
-        setattr(objective, name, recording)
+    train_module.collate = recording
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     setup_memory = peak_memory(args.device)
-    train(cfg, model=model, tokenizer=tok, pairs=pairs)
+    try:
+        train(cfg, model=model, tokenizer=tok, pairs=pairs)
+    finally:
+        train_module.collate = collate
     metrics = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     metrics = [m for m in metrics if m["step"] > 0]
     by_where = {p.where: p for p in pairs}

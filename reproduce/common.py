@@ -424,19 +424,11 @@ def load_pairs(args, tokenizer, n: int | None = None) -> list:
 
 def pair_logps(model, pairs, pad_id: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b): mean per-token log-probs (Eq. 3) of the chosen and rejected responses of every pair, no grad."""
-    from minorpo import loss as L
-    from minorpo.batches import collate_padded
-    from minorpo.logprobs import sequence_logps
+    from minorpo.forward import LossSpec, heldout_logps
 
-    a, b = [], []
     model.eval()
-    with torch.no_grad():
-        for i in range(0, len(pairs), batch_size):
-            batch = {k: v.to(device) for k, v in collate_padded(pairs[i:i + batch_size], pad_id).items()}
-            tl = L.preference_logps(model, batch, "paper", pad_id)
-            a.append(sequence_logps(tl.chosen, tl.chosen_mask).double().cpu())
-            b.append(sequence_logps(tl.rejected, tl.rejected_mask).double().cpu())
-    return torch.cat(a), torch.cat(b)
+    a, b, _, _ = heldout_logps(model, pairs, LossSpec(pad_id=pad_id), batch_size, device)
+    return a.double().cpu(), b.double().cpu()
 
 
 
@@ -488,15 +480,16 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
     sets per pair at fixed steps. Returns {"steps": [...], "trained": {"a": [S, n], "b": [S, n]}, "heldout":
     {...}, "rows": per-step training metrics (TRL's names, as minorpo.train logs them)}.
 
-    The step is minorpo.train's (minorpo/train.py `_train`): the same objective.loss_and_metrics, the same data
+    The step is minorpo.train's (minorpo/train.py `_train`): the same forward.pair_logps and loss.objective_sums, the same data
     order (train.step_indices with this seed, so every arm of a seed sees the same pairs in the same order),
     AdamW, gradient clipping at max_grad_norm, train.lr_lambda's warmup and schedule. It is written out here
     (no checkpoints, no export, no held-out split of its own) because the claims need per-pair measurements at
     fixed steps, which train() does not expose. `start`: the step-0 measurement, when another arm already made
     it (all arms of a seed start from the same weights).
     """
-    from minorpo import objective
-    from minorpo.batches import pad_token_id
+    from minorpo.batches import collate, count_targets, pad_token_id
+    from minorpo.forward import LossSpec, pair_logps
+    from minorpo.loss import metric_shares, objective_sums
     from minorpo.train import TrainConfig, lr_lambda, step_indices
 
     s = args.settings
@@ -516,9 +509,8 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
         model.to(device)
     else:
         model.requires_grad_(True)
-    spec = objective.LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset,
-                              chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded)
-    collate = objective.collate_shared if cfg.layout == "shared" else objective.collate
+    spec = LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset, chunk_size=cfg.chunk_size,
+                    pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -543,9 +535,12 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
     for step in range(total):
         t0 = time.time()
         chunk = [trained[i] for i in step_indices(len(trained), step, cfg.batch_size, cfg.seed)]
-        counts = objective.count_targets(chunk, spec)
-        with autocast:
-            loss, parts = objective.loss_and_metrics(model, collate(chunk, pad_id, device), spec, counts)
+        counts = count_targets(chunk, cfg.preset, pad_id)
+        with autocast:  # as train.py's step loop (one micro-batch)
+            tl = pair_logps(model, collate(chunk, pad_id, device, cfg.layout), spec)
+            nll, pairs, stats = objective_sums(tl, cfg.method, cfg.lam, cfg.beta, spec.nll_normalization)
+        loss = nll / counts["nll"] + pairs / counts["pairs"]
+        parts = metric_shares(loss, stats, counts)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         optimizer.step()

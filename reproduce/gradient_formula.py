@@ -51,12 +51,11 @@ PRESETS = {
 
 def chosen_rejected_logps(model, pair, pad_id, device):
     """a, b (0-dim, with grad): Eq. 3 mean log-probs of one pair's chosen and rejected responses."""
-    from minorpo import loss as L
-    from minorpo.batches import collate_padded
+    from minorpo.batches import collate
+    from minorpo.forward import LossSpec, pair_logps
     from minorpo.logprobs import sequence_logps
 
-    batch = {k: v.to(device) for k, v in collate_padded([pair], pad_id).items()}
-    tl = L.preference_logps(model, batch, "paper", pad_id)
+    tl = pair_logps(model, collate([pair], pad_id, device), LossSpec(preset="paper", pad_id=pad_id))
     return sequence_logps(tl.chosen, tl.chosen_mask)[0], sequence_logps(tl.rejected, tl.rejected_mask)[0]
 
 

@@ -81,12 +81,15 @@ class Setup:
         self.method = method
 
     def step(self, batch, spec, counts):
-        from minorpo import objective
+        from minorpo.forward import pair_logps, reference_logps
+        from minorpo.loss import objective_sums
         if self.method == "sft":
             loss = sft_step_loss(self.model, batch, spec.chunk_size)
-        else:
-            loss, _ = objective.loss_and_metrics(self.model, batch, spec, counts,
-                                                 reference=self.reference)
+        else:  # as train.py's step loop
+            tl = pair_logps(self.model, batch, spec)
+            ref = reference_logps(self.model, batch, spec, self.reference) if self.method == "dpo" else None
+            nll, pairs, _ = objective_sums(tl, spec.method, spec.lam, spec.beta, spec.nll_normalization, ref)
+            loss = nll / counts["nll"] + pairs / counts["pairs"]
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -158,8 +161,8 @@ def main(argv=None):
     args = C.parse_args(__doc__, PRESETS, argv)
     rec = C.Recorder(args, "memory_and_time")
     s = args.settings
-    from minorpo import objective
-    from minorpo.batches import pad_token_id
+    from minorpo.batches import collate, count_targets, pad_token_id
+    from minorpo.forward import LossSpec
 
     base, tok = C.load_model(args)
     base.requires_grad_(False)
@@ -167,10 +170,10 @@ def main(argv=None):
     # one batch of the batch_size pairs whose padded rows are longest (the worst case at this max_length)
     pairs = sorted(C.load_pairs(args, tok, 64), key=lambda p: -(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))))
     chosen = pairs[: s["batch_size"]]
-    batch = objective.collate(chosen, pad_id, rec.device)
+    batch = collate(chosen, pad_id, rec.device)
     spec_kw = dict(lam=1.0, beta=0.1, preset="paper", pad_id=pad_id)
-    specs = {m: objective.LossSpec(method=m, **spec_kw) for m in METHODS}  # "sft" only gives sft_step_loss its chunk size
-    counts = objective.count_targets(chosen, specs["orpo"])
+    specs = {m: LossSpec(method=m, **spec_kw) for m in METHODS}  # "sft" only gives sft_step_loss its chunk size
+    counts = count_targets(chosen, "paper", pad_id)
     shape = {"pairs": len(chosen), "padded_length": int(batch["chosen_input_ids"].shape[1]),
              "params": sum(p.numel() for p in base.parameters())}
     print(f"batch: {shape}", flush=True)

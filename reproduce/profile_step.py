@@ -3,7 +3,7 @@
   python reproduce/profile_step.py [--model qwen2.5-0.5b] [--steps 8] [--precision bf16-weights] [--attention flex]
                                   [--out DIR]
 
-One bf16 full fine-tuning ORPO step (the training loop's own pieces: collate, objective.loss_and_metrics, backward,
+One bf16 full fine-tuning ORPO step (the training loop's own pieces: collate, forward.pair_logps, loss.objective_sums, backward,
 clipping, fused AdamW) on a random-weight model of the given shape (reproduce/gpu_benchmark.py's SHAPES) and random
 rows of varying length, timed phase by phase with a device synchronization between phases:
   prep      count_targets + collate (CPU) and the copy to the GPU
@@ -47,8 +47,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from minorpo import objective
+    from minorpo.batches import collate, count_targets, pad_token_id
     from minorpo.data import build_examples
+    from minorpo.forward import LossSpec, pair_logps
+    from minorpo.loss import objective_sums
     from minorpo.hf.loader import load
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
@@ -64,10 +66,8 @@ def main(argv=None) -> int:
     model.to(dev).train()
     pairs = build_examples(((r["where"], r) for r in plan["rows"]), tok, benchmark.data_config()).examples
     batches = [pairs[i * args.batch_size:(i + 1) * args.batch_size] for i in range(args.steps)]
-    pad = objective.pad_token_id(tok)
-    spec = objective.LossSpec(method="orpo", lam=0.1, preset="trl", pad_id=pad, layout=args.layout,
-                              attention=args.attention)
-    collate = objective.collate_shared if args.layout == "shared" else objective.collate
+    pad = pad_token_id(tok)
+    spec = LossSpec(method="orpo", lam=0.1, preset="trl", pad_id=pad, layout=args.layout, attention=args.attention)
     params = [p for p in model.parameters() if p.requires_grad]
     master = None
     if args.precision == "bf16-weights":  # the optimizer updates float32 copies, as train() does
@@ -80,12 +80,13 @@ def main(argv=None) -> int:
     def step(bp, times):
         sync()
         t0 = time.perf_counter()
-        counts = objective.count_targets(bp, spec)
-        batch = collate(bp, pad, dev)
+        counts = count_targets(bp, "trl", pad)
+        batch = collate(bp, pad, dev, args.layout)
         sync()
         t1 = time.perf_counter()
         with autocast:
-            loss, _ = objective.loss_and_metrics(model, batch, spec, counts)
+            nll, pair_sum, _ = objective_sums(pair_logps(model, batch, spec), "orpo", 0.1, 0.1, "token_mean")
+            loss = nll / counts["nll"] + pair_sum / counts["pairs"]
         sync()
         t2 = time.perf_counter()
         loss.backward()

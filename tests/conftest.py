@@ -56,6 +56,35 @@ def assert_close(actual, expected, *, rtol, atol, what=""):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}")
 
 
+def preset_loss(tl, preset="paper", lam=None, method="orpo", beta=1.0):
+    """(loss, metrics) of one batch under a preset: minorpo.loss.batch_loss with the preset's NLL normalization and,
+    unless lam is given, its lambda."""
+    from minorpo.batches import get_conventions
+    from minorpo.loss import batch_loss
+
+    conv = get_conventions(preset)
+    return batch_loss(tl, method, conv.lam if lam is None else lam, beta, conv.nll_normalization)
+
+
+def logits_loss(chosen_logits, rejected_logits, batch, preset="paper", lam=None, pad_token_id=None, method="orpo",
+                beta=1.0):
+    """(loss, metrics) of a padded batch from given logits [B, T, V] (unchunked): forward.logps_from_logits, then
+    preset_loss."""
+    from minorpo.forward import logps_from_logits
+
+    tl = logps_from_logits(chosen_logits, rejected_logits, batch, preset, pad_token_id)
+    return preset_loss(tl, preset, lam, method, beta)
+
+
+def model_loss(model, batch, preset="paper", lam=None, pad_token_id=0, chunk_size=1024, layout="padded"):
+    """(loss, metrics) of a batch through the model (one forward, chunked log-probs): forward.pair_logps, then
+    preset_loss."""
+    from minorpo.forward import LossSpec, pair_logps
+
+    spec = LossSpec(preset=preset, pad_id=pad_token_id, chunk_size=chunk_size, layout=layout)
+    return preset_loss(pair_logps(model, batch, spec), preset, lam)
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """pair(arch) -> (transformers model, minorpo model) of a tiny random architecture (tiny_models.ARCHS), built on

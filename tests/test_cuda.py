@@ -29,10 +29,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from minorpo import objective
+from minorpo.batches import collate, count_targets, pad_token_id
 from minorpo.data import DataConfig, load_preferences
+from minorpo.forward import LossSpec, pair_logps
 from minorpo.hf.loader import load
 from minorpo.hf.tokenizer import Tokenizer
+from minorpo.loss import objective_sums
 from minorpo.train import TrainConfig, train
 from tiny_runs import pairs_of as _pairs, tiny_run_files
 from tiny_models import hf_position_ids
@@ -129,9 +131,8 @@ def test_forward_vs_transformers(files, dev, arch):
 def _batch(folder, data, layout, dev, n=6):
     tok = Tokenizer.from_dir(folder)
     pairs = load_preferences(str(data), tok, DataConfig(max_length=64)).examples[:n]
-    pad = objective.pad_token_id(tok)
-    collate = objective.collate_shared if layout == "shared" else objective.collate
-    return pairs, pad, collate(pairs, pad, dev)
+    pad = pad_token_id(tok)
+    return pairs, pad, collate(pairs, pad, dev, layout)
 
 
 def _loss_and_grads(files, dtype, dev, layout, preset="paper", autocast=False, chunk=7, attention="sdpa"):
@@ -140,11 +141,12 @@ def _loss_and_grads(files, dtype, dev, layout, preset="paper", autocast=False, c
     model, _ = load(folder, dtype=dtype)
     model.to(dev)
     pairs, pad, batch = _batch(folder, data, layout, dev)
-    spec = objective.LossSpec(method="orpo", lam=0.5, preset=preset, chunk_size=chunk, pad_id=pad, layout=layout,
-                              attention=attention)
-    counts = objective.count_targets(pairs, spec)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-        loss, _ = objective.loss_and_metrics(model, batch, spec, counts)
+    spec = LossSpec(method="orpo", lam=0.5, preset=preset, chunk_size=chunk, pad_id=pad, layout=layout,
+                    attention=attention)
+    counts = count_targets(pairs, preset, pad)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):  # as train.py's step loop
+        nll, pair_sum, _ = objective_sums(pair_logps(model, batch, spec), "orpo", 0.5, 0.1, spec.nll_normalization)
+        loss = nll / counts["nll"] + pair_sum / counts["pairs"]
     loss.backward()
     return loss.detach(), torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, logits_loss, preset_loss
 
-from minorpo.loss import TokenLogps, get_conventions, loss_from_token_logps, odds_ratio_loss
+from minorpo.batches import get_conventions
+from minorpo.loss import TokenLogps, odds_ratio_loss
 
 GOLDEN = Path(__file__).parent / "golden"
 PRESETS = ("paper", "trl", "official", "llamafactory")
@@ -42,7 +43,7 @@ def test_golden_case(preset, case):
     boolean = lambda k: torch.tensor(inp[k], dtype=torch.bool)  # noqa: E731
     chosen, rejected = f64("chosen_token_logps"), f64("rejected_token_logps")
     tl = TokenLogps(chosen, boolean("chosen_mask"), boolean("nll_mask"), rejected, boolean("rejected_mask"))
-    loss, metrics = loss_from_token_logps(tl, case["lambda"], preset)
+    loss, metrics = preset_loss(tl, preset, case["lambda"])  # loss.batch_loss
     assert case["nll_normalization"] == get_conventions(preset).nll_normalization  # the file matches the preset
     assert_close(loss, torch.tensor(out["loss"], dtype=torch.float64), rtol=RTOL, atol=ATOL, what="loss")
     assert set(out["metrics"]) == set(metrics)
@@ -95,11 +96,10 @@ def token_cases():
 
 @pytest.mark.parametrize("case,preset,layout", list(token_cases()))
 def test_token_golden_case(case, preset, layout):
-    """Token-level goldens: minorpo builds the masks from token ids (loss.preference_targets) on the batch that
+    """Token-level goldens: minorpo builds the masks from token ids (batches.preference_targets) on the batch that
     minorpo.tools.testing.golden_to_batch converts the case to (right/left padding, a multiple of 8), and gets the
     generator's loss and metrics. Tolerance 1e-10: the logits reproduce each log-prob to ~1e-15 (x ~ 20 rounded),
     and the NLL and log OR add a few dozen of them."""
-    from minorpo.loss import orpo_loss_from_logits
     from minorpo.tools.testing import golden_to_batch
 
     batch = golden_to_batch(case, padding_side=layout[0], pad_to_multiple_of=layout[1])
@@ -112,8 +112,8 @@ def test_token_golden_case(case, preset, layout):
             got = logp[i][real].gather(-1, targets[:, None])[:, 0]
             assert_close(got, torch.tensor(case[f"{side}_token_logps"][i], dtype=torch.float64), rtol=1e-13,
                          atol=1e-13, what=f"{side} row {i} log-probs")
-    loss, metrics = orpo_loss_from_logits(batch["chosen_logits"], batch["rejected_logits"], batch, preset,
-                                          lam=case["lambda"], pad_token_id=case["pad_id"])
+    loss, metrics = logits_loss(batch["chosen_logits"], batch["rejected_logits"], batch, preset, lam=case["lambda"],
+                                pad_token_id=case["pad_id"])
     want = case["expected"][preset]
     assert loss.item() == pytest.approx(want["loss"], rel=1e-10)
     for name, value in want["metrics"].items():

@@ -12,7 +12,8 @@ import pytest
 from tiny_tokenizers import ID, word_tokenizer
 
 from minorpo.tools.cli import main
-from minorpo.batches import IGNORE, collate_padded
+from minorpo.batches import collate_padded
+from minorpo.logprobs import IGNORE_INDEX
 from minorpo.data import load_preferences
 from minorpo.errors import UserError
 from minorpo.hf.tokenizer import Tokenizer
@@ -87,7 +88,7 @@ def test_layout_parsed_exactly(tmp_path, tok, name, rows, layout, expected):
     assert (e.prompt_ids, e.chosen_ids, e.rejected_ids) == expected
     batch = collate_padded([e], pad_token_id=ID["<pad>"])  # the masks: only response tokens are labels
     P = len(expected[0])
-    assert batch["chosen_labels"][0, :P].tolist() == [IGNORE] * P
+    assert batch["chosen_labels"][0, :P].tolist() == [IGNORE_INDEX] * P
     assert batch["chosen_labels"][0, P:P + len(HELLO)].tolist() == HELLO
     assert batch["rejected_labels"][0, P:P + len(GO_AWAY)].tolist() == GO_AWAY
 

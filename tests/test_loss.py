@@ -11,15 +11,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close
+from conftest import assert_close, logits_loss, model_loss, preset_loss
 
-from minorpo.batches import collate_padded, collate_shared_prompt
+from minorpo.batches import PRESETS, collate_padded, collate_shared_prompt, get_conventions
 from minorpo.data import TokenizedPair
+from minorpo.forward import logps_from_logits
 from minorpo.logprobs import IGNORE_INDEX
-from minorpo.loss import (PRESETS, TokenLogps, dpo_loss, get_conventions, log1mexp, log_odds, log_odds_ratio,
-                          loss_from_token_logps, nll_loss, odds_ratio_loss, odds_ratio_loss_grad,
-                          odds_ratio_loss_grad_logits, orpo_gradient, orpo_loss, orpo_loss_from_logits,
-                          orpo_loss_shared_prompt, probability_ratio_loss, token_logps_from_logits)
+from minorpo.loss import (TokenLogps, dpo_loss, log1mexp, log_odds, log_odds_ratio, metric_shares, nll_loss,
+                          objective_sums, odds_ratio_loss, odds_ratio_loss_grad, odds_ratio_loss_grad_logits,
+                          orpo_gradient, probability_ratio_loss)
 
 N_ = IGNORE_INDEX
 LOG = math.log
@@ -120,7 +120,7 @@ def test_full_loss_by_hand_per_preset():
     assert abs(expected["paper"][0] - 1.436020) < 1e-6 and abs(expected["trl"][0] - 1.667070) < 1e-6
     assert abs(expected["official"][0] - 1.948841) < 1e-6
     for preset, (loss, nll, a_, b_, lam) in expected.items():
-        got, m = orpo_loss_from_logits(logits, logits.clone(), batch, preset, pad_token_id=EOS)
+        got, m = logits_loss(logits, logits.clone(), batch, preset, pad_token_id=EOS)
         assert_close(got, t64(loss)[0], rtol=0, atol=1e-12, what=f"{preset} loss")
         for name, value in [("nll_loss", nll), ("logps/chosen", a_), ("logps/rejected", b_),
                             ("rewards/chosen", lam * a_), ("rewards/margins", lam * (a_ - b_)),
@@ -156,7 +156,7 @@ def test_gradcheck_full_loss_wrt_logits(preset):
     lc = torch.randn(shape_c, generator=g, dtype=torch.float64, requires_grad=True)
     lr = torch.randn(shape_c, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda c, r: orpo_loss_from_logits(c, r, batch, preset, lam=0.7, pad_token_id=6)[0], (lc, lr))
+        lambda c, r: logits_loss(c, r, batch, preset, lam=0.7, pad_token_id=6)[0], (lc, lr))
 
 
 def central_difference(f, x, eps=1e-6):
@@ -261,14 +261,14 @@ def test_official_preset_equals_official_formulas():
     assert T == max_length
     ours_batch["chosen_truncated"] = pos_mask.sum(1) == max_length
     ours_batch["rejected_truncated"] = neg_mask.sum(1) == max_length
-    loss, m = orpo_loss_from_logits(pos_logits, neg_logits, ours_batch, "official", pad_token_id=pad)
+    loss, m = logits_loss(pos_logits, neg_logits, ours_batch, "official", pad_token_id=pad)
     assert_close(loss, official_loss, rtol=0, atol=1e-12, what="official loss")
     for name, value in [("logps/chosen", pos.mean()), ("logps/rejected", neg.mean()), ("nll_loss", nll),
                         ("log_odds_ratio", ratio.mean()), ("log_odds_chosen", log_odds_.mean())]:
         assert abs(m[name] - value.item()) < 1e-12, (name, m[name], value.item())
     # the quirk matters: without the extra target or with EOS in the NLL the numbers move
     for other in ("trl", "paper"):
-        assert abs(orpo_loss_from_logits(pos_logits, neg_logits, ours_batch, other, lam=1.0)[0] - official_loss) > 1e-3
+        assert abs(logits_loss(pos_logits, neg_logits, ours_batch, other, lam=1.0)[0] - official_loss) > 1e-3
 
 
 # ---- 5. a = 0 and other edges -------------------------------------------------------------------------------------
@@ -321,10 +321,10 @@ def test_baselines_by_hand():
     assert_close(losses, t64(LOG(1 + math.exp(-0.2))), rtol=0, atol=1e-14, what="DPO")
     assert_close(torch.cat([rw, rl]), t64(0.1, -0.1), rtol=0, atol=1e-14, what="DPO rewards")
     batch, logits = hand_batch()
-    sft, m = orpo_loss_from_logits(logits, logits, batch, "paper", objective="sft")
+    sft, m = logits_loss(logits, logits, batch, "paper", method="sft")
     assert_close(sft, t64(-LOG(0.25))[0], rtol=0, atol=1e-12, what="SFT = NLL")
     assert m["odds_ratio_loss"] > 0
-    pr, m = orpo_loss_from_logits(logits, logits, batch, "paper", lam=0.5, objective="probability_ratio", beta=0.2)
+    pr, m = logits_loss(logits, logits, batch, "paper", lam=0.5, method="pr", beta=0.2)
     a, b = LOG(0.25), -2.5 * LOG(2)
     assert_close(pr, t64(-a + 0.5 * LOG(1 + math.exp(-0.2 * (a - b))))[0], rtol=0, atol=1e-12, what="PR objective")
 
@@ -336,20 +336,20 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match=r"chosen_logps\[1\] = 0.5 > 0"):
         odds_ratio_loss(t64(-1.0, 0.5), t64(-1.0, -1.0))
     with pytest.raises(ValueError, match="unknown ORPO preset 'dpo'"):
-        orpo_loss_from_logits(logits, logits, batch, "dpo")
+        logits_loss(logits, logits, batch, "dpo")
     with pytest.raises(ValueError, match="'official' uses the pad token id"):
-        orpo_loss_from_logits(logits, logits, batch, "official")
+        logits_loss(logits, logits, batch, "official")
     with pytest.raises(KeyError, match=r"lacks \['rejected_labels'\]"):
-        orpo_loss_from_logits(logits, logits, {k: v for k, v in batch.items() if k != "rejected_labels"})
+        logits_loss(logits, logits, {k: v for k, v in batch.items() if k != "rejected_labels"})
     bad = dict(batch, chosen_labels=batch["chosen_labels"].clone())
     bad["chosen_labels"][0, 3] = 2  # label differs from the input id (3) at position 3
     with pytest.raises(ValueError, match="row 0, position 3: the labels .* disagree with input_ids"):
-        orpo_loss_from_logits(logits, logits, bad, "trl")
+        logits_loss(logits, logits, bad, "trl")
     empty = dict(batch, rejected_labels=torch.full_like(batch["rejected_labels"], N_))
     with pytest.raises(ValueError, match=r"rejected responses: row\(s\) \[0\] have no scored tokens"):
-        orpo_loss_from_logits(logits, logits, empty, "paper")
+        logits_loss(logits, logits, empty, "paper")
     with pytest.raises(ValueError, match="lambda must be >= 0"):
-        orpo_loss_from_logits(logits, logits, batch, "paper", lam=-1)
+        logits_loss(logits, logits, batch, "paper", lam=-1)
 
 
 # ---- 8. Model level: chunked, both layouts, both padding sides ----------------------------------------------------
@@ -379,7 +379,7 @@ def model_pairs(n=4, seed=0, eos=96):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_model_level_equals_logits_level(preset):
-    """orpo_loss (one 2B-row forward, hidden states, chunked log-probs with chunk 3) == orpo_loss_from_logits on the
+    """forward.pair_logps (one 2B-row forward, hidden states, chunked log-probs with chunk 3) == the unchunked path on the
     logits of two separate forwards (the unchunked path), for right and left padding and the shared-prompt layout.
     Loss and every metric except, for trl / llamafactory, logits/* on another layout (those count padding positions
     by design). Tolerance 1e-5: float32 model, reductions and attention over different padding in other orders."""
@@ -389,12 +389,12 @@ def test_model_level_equals_logits_level(preset):
     with torch.no_grad():
         logits = {s: model(right[f"{s}_input_ids"], attention_mask=right[f"{s}_attention_mask"])
                   for s in ("chosen", "rejected")}
-        ref_loss, ref = orpo_loss_from_logits(logits["chosen"], logits["rejected"], right, preset, pad_token_id=96)
+        ref_loss, ref = logits_loss(logits["chosen"], logits["rejected"], right, preset, pad_token_id=96)
         runs = {
-            "right": orpo_loss(model, right, preset, pad_token_id=96, chunk_size=3),
-            "left": orpo_loss(model, collate_padded(pairs, 96, "left", pad_to_multiple_of=16), preset,
-                              pad_token_id=96, chunk_size=5),
-            "shared": orpo_loss_shared_prompt(model, collate_shared_prompt(pairs, 96), preset, pad_token_id=96),
+            "right": model_loss(model, right, preset, pad_token_id=96, chunk_size=3),
+            "left": model_loss(model, collate_padded(pairs, 96, "left", pad_to_multiple_of=16), preset,
+                               pad_token_id=96, chunk_size=5),
+            "shared": model_loss(model, collate_shared_prompt(pairs, 96), preset, pad_token_id=96, layout="shared"),
         }
     padding_dependent = {"logits/chosen", "logits/rejected"} if get_conventions(preset).logits_metric != "response" \
         else set()
@@ -407,45 +407,49 @@ def test_model_level_equals_logits_level(preset):
 
 
 def test_model_level_backward_matches_unchunked():
-    """Parameter gradients of orpo_loss (chunked, custom backward) == those of the unchunked logits path, trl preset
+    """Parameter gradients of forward.pair_logps (chunked, custom backward) == those of the unchunked logits path, trl preset
     (prompt + response NLL, so prompt positions are scored too). Tolerance 1e-5 relative to the largest gradient
     entry: float32, different reduction order."""
     model = tiny_model()
     batch = collate_padded(model_pairs(seed=2), pad_token_id=96)
-    orpo_loss(model, batch, "trl", chunk_size=4)[0].backward()
+    model_loss(model, batch, "trl", chunk_size=4)[0].backward()
     chunked = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     logits = {s: model(batch[f"{s}_input_ids"], attention_mask=batch[f"{s}_attention_mask"])
               for s in ("chosen", "rejected")}
-    orpo_loss_from_logits(logits["chosen"], logits["rejected"], batch, "trl")[0].backward()
+    logits_loss(logits["chosen"], logits["rejected"], batch, "trl")[0].backward()
     for n, p in model.named_parameters():
         scale = p.grad.abs().max().item()
         assert_close(chunked[n], p.grad, rtol=0, atol=1e-5 * max(scale, 1e-3), what=n)
 
 
 def test_token_logps_container_roundtrip():
-    """loss_from_token_logps on hand-made TokenLogps (what tests/golden feeds it): the token-mean NLL of the trl
+    """loss.batch_loss on hand-made TokenLogps (what tests/golden feeds it): the token-mean NLL of the trl
     preset pools the 3 tokens, the paper's averages per sequence. Oracle: hand arithmetic as in the NLL test."""
     chosen = t64(LOG(0.5), 0, 0, LOG(0.125), LOG(0.125), LOG(0.125)).view(2, 3)
     mask = torch.tensor([[True, False, False], [True, True, True]])
     tl = TokenLogps(chosen, mask, mask, chosen - 1.0, mask)
-    _, m_trl = loss_from_token_logps(tl, 0.1, "trl")
-    _, m_paper = loss_from_token_logps(tl, 0.1, "paper")
+    _, m_trl = preset_loss(tl, "trl", 0.1)
+    _, m_paper = preset_loss(tl, "paper", 0.1)
     assert abs(m_trl["nll_loss"] - (LOG(2) + 3 * LOG(8)) / 4) < 1e-14
     assert abs(m_paper["nll_loss"] - (LOG(2) + LOG(8)) / 2) < 1e-14
     assert "logits/chosen" not in m_trl  # unknown without logits
 
 
-def test_accumulation_weights():
-    """weights = (w_nll, w_pair) (gradient accumulation, minorpo/objective.py): loss = w_nll * L_SFT +
-    lam * w_pair * mean L_OR, with loss / nll_loss / sft_loss reported weighted and the other metrics not. Oracle:
-    the unweighted call's own terms, recombined by hand. Tolerance 1e-14 (float64)."""
+def test_accumulation_shares():
+    """Gradient accumulation (train.py's step loop): objective_sums divided by the counts of a batch 4x this one's
+    NLL tokens and 2x its pairs gives loss = 0.25 * L_SFT + lam * 0.5 * mean L_OR, with loss / nll_loss / sft_loss
+    reported as those shares and the other metrics as 0.5 of their batch means. Oracle: the one-batch call's own
+    terms, recombined by hand. Tolerance 1e-14 (float64)."""
     batch, logits = hand_batch()
-    _, plain = orpo_loss_from_logits(logits, logits, batch, "trl", lam=0.3)
-    tl = token_logps_from_logits(logits, logits, batch, "trl")
-    loss, m = loss_from_token_logps(tl, 0.3, "trl", weights=(0.25, 0.5))
+    _, plain = logits_loss(logits, logits, batch, "trl", lam=0.3)
+    tl = logps_from_logits(logits, logits, batch, "trl")
+    nll, pairs, stats = objective_sums(tl, "orpo", 0.3, nll_normalization="token_mean")
+    counts = {"nll": 4 * int(tl.nll_mask.sum()), "pairs": 2 * tl.chosen.shape[0]}
+    loss = nll / counts["nll"] + pairs / counts["pairs"]
+    m = metric_shares(loss, stats, counts)
     expected = 0.25 * plain["nll_loss"] + 0.3 * 0.5 * plain["odds_ratio_loss"]
     assert abs(loss.item() - expected) < 1e-14 and abs(m["loss"] - expected) < 1e-14
     assert abs(m["nll_loss"] - 0.25 * plain["nll_loss"]) < 1e-14 and m["sft_loss"] == m["nll_loss"]
     for name in ("odds_ratio_loss", "logps/chosen", "rewards/margins", "log_odds_chosen"):
-        assert m[name] == plain[name]
+        assert abs(m[name] - 0.5 * plain[name]) < 1e-14

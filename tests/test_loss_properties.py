@@ -10,15 +10,14 @@ import math
 from decimal import Decimal, getcontext
 
 import torch
-from conftest import assert_close
+from conftest import assert_close, logits_loss, preset_loss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minorpo.batches import collate_padded
+from minorpo.batches import PRESETS, collate_padded, get_conventions
 from minorpo.data import TokenizedPair
 from minorpo.logprobs import IGNORE_INDEX, token_logps, token_logps_reference
-from minorpo.loss import (PRESETS, TokenLogps, get_conventions, log1mexp, log_odds_ratio, loss_from_token_logps,
-                          odds_ratio_loss, orpo_loss_from_logits)
+from minorpo.loss import TokenLogps, log1mexp, log_odds_ratio, odds_ratio_loss
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 U = 2.0 ** -53  # float64 unit roundoff
@@ -71,7 +70,7 @@ def test_loss_and_grad_finite_float32_and_bf16(a, b, lam):
     r = torch.tensor([[b]], requires_grad=True)
     mask = torch.tensor([[True]])
     for preset in PRESETS:
-        total, metrics = loss_from_token_logps(TokenLogps(c, mask, mask, r, mask), lam, preset)
+        total, metrics = preset_loss(TokenLogps(c, mask, mask, r, mask), preset, lam)
         total.backward()
         assert math.isfinite(total.item()) and all(math.isfinite(v) for v in metrics.values())
         assert torch.isfinite(c.grad).all() and torch.isfinite(r.grad).all()
@@ -172,7 +171,7 @@ def test_results_independent_of_padding_length_and_side(seed, extra, side, prese
     results = []
     for batch in (base, other):
         logits = {s: place_logits(batch, content[s], s, V, g) for s in ("chosen", "rejected")}
-        results.append(orpo_loss_from_logits(logits["chosen"], logits["rejected"], batch, preset, pad_token_id=eos))
+        results.append(logits_loss(logits["chosen"], logits["rejected"], batch, preset, pad_token_id=eos))
     (loss0, m0), (loss1, m1) = results
     assert_close(loss1, loss0, rtol=0, atol=1e-12, what=f"{preset} loss, {side} +{extra}")
     skip = set() if get_conventions(preset).logits_metric == "response" else {"logits/chosen", "logits/rejected"}

@@ -15,15 +15,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, logits_loss, model_loss
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl.experimental warns on import
 trl_orpo = pytest.importorskip("trl.experimental.orpo", reason="trl not installed (test-only oracle)")
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
+from minorpo.batches import PRESETS  # noqa: E402
 from minorpo.logprobs import sequence_logps, shift_labels, token_logps_reference  # noqa: E402
-from minorpo.loss import PRESETS, odds_ratio_loss, orpo_loss, orpo_loss_from_logits  # noqa: E402
+from minorpo.loss import odds_ratio_loss  # noqa: E402
 
 BETA = 0.25  # TRL's beta is our lambda; not the default 0.1, so a forgotten lambda would show
 PAIRS = [
@@ -78,7 +79,7 @@ def test_trl_batch_has_what_we_assume(trl_setup):
 
 def test_same_logits(trl_setup):
     """TRL's get_batch_loss_metrics on a stub model that returns fixed random logits [2B, T, V] vs
-    orpo_loss_from_logits(preset="trl") on the same logits and labels: loss and all 11 metrics TRL logs."""
+    forward.logps_from_logits + loss.batch_loss (preset "trl") on the same logits and labels: loss and all 11 metrics TRL logs."""
     b, trainer = trl_setup.batch, trl_setup.trainer
     B = b["chosen_input_ids"].shape[0]
     T = max(b["chosen_input_ids"].shape[1], b["rejected_input_ids"].shape[1])
@@ -95,7 +96,7 @@ def test_same_logits(trl_setup):
     cat = trainer.concatenated_inputs(b, padding_value=trainer.padding_value)
     padded = {f"{s}_{k}": cat[f"concatenated_{k}"][sl] for s, sl in (("chosen", slice(0, B)), ("rejected", slice(B, None)))
               for k in ("input_ids", "attention_mask", "labels")}
-    loss, metrics = orpo_loss_from_logits(logits[:B], logits[B:], padded, "trl", lam=BETA)
+    loss, metrics = logits_loss(logits[:B], logits[B:], padded, "trl", lam=BETA)
     assert_close(loss, trl_loss, rtol=RTOL, atol=ATOL, what="loss")
     assert set(trl_metrics) <= set(metrics), set(trl_metrics) - set(metrics)
     for name, value in trl_metrics.items():
@@ -125,7 +126,7 @@ def test_trl_building_blocks(trl_setup):
 
 
 def test_same_model(trl_setup):
-    """TRL on the transformers model vs minorpo's orpo_loss (its own model, same weights, one 2B-row forward, hidden
+    """TRL on the transformers model vs minorpo's forward.pair_logps + loss.batch_loss (its own model, same weights, one 2B-row forward, hidden
     states and chunked log-probs with chunk 5). Loss and every metric except logits/*: those average over PADDING
     positions too, whose hidden states depend on each model's position ids for padding (transformers: arange;
     minorpo: cumsum of the mask - 1, clamped), an arbitrary choice no loss term sees; test_same_logits covers them."""
@@ -137,8 +138,8 @@ def test_same_model(trl_setup):
     model.load_state_dict(hf.state_dict())
     with torch.no_grad():
         trl_loss, trl_metrics = trainer.get_batch_loss_metrics(hf, b)
-        loss, metrics = orpo_loss(model, ours(b), "trl", lam=BETA, pad_token_id=trl_setup.tokenizer.pad_token_id,
-                                  chunk_size=5)
+        loss, metrics = model_loss(model, ours(b), "trl", lam=BETA, pad_token_id=trl_setup.tokenizer.pad_token_id,
+                                   chunk_size=5)
     assert_close(loss, trl_loss, rtol=RTOL, atol=ATOL, what="loss")
     for name, value in trl_metrics.items():
         if not name.startswith("logits/"):
@@ -154,6 +155,6 @@ def test_other_presets_differ_from_trl(trl_setup):
         logits = {s: trl_setup.model(b[f"{s}_input_ids"], attention_mask=b[f"{s}_attention_mask"]).logits
                   for s in ("chosen", "rejected")}
     for preset in sorted(set(PRESETS) - {"trl"}):
-        loss, _ = orpo_loss_from_logits(logits["chosen"], logits["rejected"], ours(b), preset, lam=BETA,
-                                        pad_token_id=trl_setup.tokenizer.pad_token_id)
+        loss, _ = logits_loss(logits["chosen"], logits["rejected"], ours(b), preset, lam=BETA,
+                              pad_token_id=trl_setup.tokenizer.pad_token_id)
         assert abs(loss.item() - trl_loss.item()) > 100 * ATOL, preset

@@ -1,6 +1,6 @@
 """minorpo.tools.testing on losses people write: a correct TRL-style one conforms; the circulating mistakes are caught,
 each by the property it breaks. Oracle: minorpo.tools.testing.reference (float64, minorpo.loss.log_odds_ratio), itself
-checked here against loss.loss_from_token_logps (the golden-tested implementation) on a hand-written case."""
+checked here against loss.batch_loss (the golden-tested implementation) on a hand-written case."""
 
 import pytest
 import torch
@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("hypothesis")
 
-from minorpo.loss import TokenLogps, loss_from_token_logps  # noqa: E402
+from conftest import preset_loss  # noqa: E402
+
+from minorpo.loss import TokenLogps  # noqa: E402
 from minorpo.tools.testing import Case, assert_orpo_conforms, case_to_batch, check_orpo_loss, reference  # noqa: E402
 
 LAM = 0.1
@@ -17,12 +19,12 @@ CASE = Case(prompt=[[-1.0, -2.0], []], chosen=[[-0.5, -0.2], [-1.5, -0.1, -0.7]]
 
 
 def test_reference_is_minorpos_loss():
-    """reference(paper) and reference(trl coordinates) equal loss_from_token_logps on the same tensors (1e-12:
+    """reference(paper) and reference(trl coordinates) equal loss.batch_loss on the same tensors (1e-12:
     both float64)."""
     c, cm, nm, r, rm = CASE.tensors(dtype=torch.float64)
     for preset, coverage, norm, mask in (("paper", "response", "sequence_mean", cm), ("trl", "prompt+response",
                                                                                        "token_mean", nm)):
-        want, _ = loss_from_token_logps(TokenLogps(c, cm, mask, r, rm), LAM, preset)
+        want, _ = preset_loss(TokenLogps(c, cm, mask, r, rm), preset, LAM)
         assert reference(CASE, LAM, coverage, norm) == pytest.approx(float(want), rel=1e-12)
 
 

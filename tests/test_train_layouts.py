@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from conftest import assert_close
-from minorpo import objective
+from minorpo.batches import row_length
+from minorpo.forward import LossSpec
 from minorpo.fast.buckets import bucketed_step_indices
 from minorpo.hf.loader import load
 from minorpo.train import step_indices
@@ -100,7 +101,7 @@ def test_unpadded_rows_step_equal_paddedmetric_rows(inputs, tmp_path, preset):
 
 
 def test_unchunked_log_probs_step_equals_chunked(inputs, tmp_path):
-    """chunk_size=0 (full [2B, T, V] logits, loss.token_logps_from_logits) vs chunks of 3 positions (many chunks,
+    """chunk_size=0 (full [2B, T, V] logits, forward.pair_logps's unchunked branch) vs chunks of 3 positions (many chunks,
     logits recomputed in backward): the same step."""
     chunked = _run(inputs, tmp_path / "chunked", chunk_size=3, preset="trl")
     whole = _run(inputs, tmp_path / "whole", chunk_size=0, preset="trl")
@@ -109,11 +110,11 @@ def test_unchunked_log_probs_step_equals_chunked(inputs, tmp_path):
 
 def test_loss_spec_rejects_unknown_layout_and_unchunked_shared():
     with pytest.raises(ValueError, match="layout must be 'padded' or 'shared'"):
-        objective.LossSpec(layout="packed")
+        LossSpec(layout="packed")
     with pytest.raises(ValueError, match="chunk_size=0"):
-        objective.LossSpec(layout="shared", chunk_size=0)
+        LossSpec(layout="shared", chunk_size=0)
     with pytest.raises(ValueError, match="unpadded rows"):
-        objective.LossSpec(layout="padded", unpadded=True)
+        LossSpec(layout="padded", unpadded=True)
 
 
 def test_length_buckets_keep_each_windows_pairs_and_cut_padding(inputs):
@@ -127,7 +128,7 @@ def test_length_buckets_keep_each_windows_pairs_and_cut_padding(inputs):
     folder, data = inputs
     _, tok = load(folder)
     pairs = pairs_of(data, tok)
-    lengths = [objective.row_length(p, "padded") for p in pairs]
+    lengths = [row_length(p, "padded") for p in pairs]
     G, W = 2, 5
     plain_tokens = bucket_tokens = 0
     for w in range(3):  # three windows: the third crosses the first epoch's end (40 pairs = 20 steps of 2)

@@ -8,7 +8,7 @@ Setting, chosen once from the paper and common LoRA practice (not tuned on this 
   * ORPO with lambda = 1.0 (the paper's HH-RLHF run of Fig. 7, where the log odds ratio rises), paper preset.
   * LoRA r=16, alpha=32 on q/k/v/o, lr 3e-4 (LoRA scale: the paper's 8e-6 is for full fine-tuning and would not
     move a rank-16 adapter in 30 steps), 3 warmup steps then constant, AdamW, clip 1.0, fp32, seed 0.
-Measured (held-out, 64 pairs) by objective.evaluate at step 0 and step 30: mean log odds ratio (Eq. 5), preference
+Measured (held-out, 64 pairs) by forward.evaluate at step 0 and step 30: mean log odds ratio (Eq. 5), preference
 accuracy (fraction with log OR > 0), mean log-probs of chosen and rejected responses (Eq. 3), NLL; printed.
 Assertion: the held-out mean log OR rises; a rise is the claim and needs no tolerance. The accuracy is printed and
 reported, and asserted only not to fall: with 64 pairs its resolution is 1/64 and one pair crossing zero moves it.

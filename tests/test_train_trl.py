@@ -37,7 +37,7 @@ import os
 import pytest
 import torch
 
-from minorpo import objective
+from minorpo import train as train_module
 from minorpo.data import DataConfig, load_preferences
 from minorpo.hf.loader import load
 from minorpo.lora import apply_lora, lora_layers
@@ -80,17 +80,17 @@ def minorpo_run(inputs, out, lr, lora, max_steps=STEPS):
                       batch_size=BATCH, grad_accum=1, max_grad_norm=CLIP, seed=0, eval_pairs=0, eval_every=0,
                       save_every=0, progress=False, max_length=64, device="cpu")
     seen = []
-    collate = objective.collate
+    collate = train_module.collate
 
-    def recording_collate(batch_pairs, pad_id, device):
+    def recording_collate(batch_pairs, *args, **kwargs):
         seen.append([p.where for p in batch_pairs])
-        return collate(batch_pairs, pad_id, device)
+        return collate(batch_pairs, *args, **kwargs)
 
-    objective.collate = recording_collate  # train() calls objective.collate once per micro-batch
+    train_module.collate = recording_collate  # train() calls batches.collate once per micro-batch
     try:
         train(cfg, model=model, tokenizer=tok, pairs=pairs)
     finally:
-        objective.collate = collate
+        train_module.collate = collate
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["step"] > 0]
     assert [r["step"] for r in steps] == list(range(1, max_steps + 1))

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from minorpo import loss as L
+from minorpo import loss
 from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 
 torch.set_printoptions(precision=4)
@@ -50,11 +50,11 @@ assert abs(a.exp().item() - (0.5 * 0.8 * 0.9 * 0.4) ** 0.25) < 1e-12  # the geom
 # %%
 a = torch.tensor([math.log(0.8)], dtype=torch.float64)
 b = torch.tensor([math.log(0.5)], dtype=torch.float64)
-print("log odds(y_w) =", L.log_odds(a).item(), " (log 4 =", math.log(4), ")")
-print("log OR        =", L.log_odds_ratio(a, b).item())
-assert abs(L.log_odds(a).item() - math.log(4)) < 1e-12  # float64: exact up to rounding
-assert abs(L.log_odds(b).item() - 0.0) < 1e-12  # P = 0.5: odds 1, log odds 0
-assert abs(L.log_odds_ratio(a, b).item() - math.log(4)) < 1e-12
+print("log odds(y_w) =", loss.log_odds(a).item(), " (log 4 =", math.log(4), ")")
+print("log OR        =", loss.log_odds_ratio(a, b).item())
+assert abs(loss.log_odds(a).item() - math.log(4)) < 1e-12  # float64: exact up to rounding
+assert abs(loss.log_odds(b).item() - 0.0) < 1e-12  # P = 0.5: odds 1, log odds 0
+assert abs(loss.log_odds_ratio(a, b).item() - math.log(4)) < 1e-12
 
 # %% [markdown]
 # ## 3. The ORPO penalty (Eq. 7)
@@ -65,10 +65,10 @@ assert abs(L.log_odds_ratio(a, b).item() - math.log(4)) < 1e-12
 # rejected response has the higher odds.
 
 # %%
-l_or = L.odds_ratio_loss(a, b)
+l_or = loss.odds_ratio_loss(a, b)
 print(f"L_OR = {l_or.item():.4f}  (log 1.25 = {math.log(1.25):.4f})")
 assert abs(l_or.item() - math.log(1.25)) < 1e-12
-swapped = L.odds_ratio_loss(b, a)  # the model prefers the rejected response: OR = 1/4
+swapped = loss.odds_ratio_loss(b, a)  # the model prefers the rejected response: OR = 1/4
 assert abs(swapped.item() - math.log(5)) < 1e-12  # log(1 + 4)
 print(f"with chosen and rejected swapped: L_OR = {swapped.item():.4f} (log 5)")
 
@@ -83,7 +83,7 @@ print(f"with chosen and rejected swapped: L_OR = {swapped.item():.4f} (log 5)")
 # %%
 a32 = torch.tensor([-1e-9], dtype=torch.float32)
 naive = torch.log(1 - torch.exp(a32))
-stable = L.log1mexp(a32)
+stable = loss.log1mexp(a32)
 exact = math.log(-math.expm1(-1e-9))  # float64 reference: log(1e-9 - 5e-19 ...) = -20.7233
 print(f"naive float32: {naive.item()}, minorpo float32: {stable.item():.6f}, float64 exact: {exact:.6f}")
 assert torch.isinf(naive).all()
@@ -103,7 +103,7 @@ g = torch.Generator().manual_seed(0)
 n = 20_000
 x1 = torch.rand(n, generator=g, dtype=torch.float64)
 x2 = torch.rand(n, generator=g, dtype=torch.float64)
-log_or = L.log_odds_ratio(x1.log(), x2.log())  # minorpo's Eq. 5 on log-probabilities
+log_or = loss.log_odds_ratio(x1.log(), x2.log())  # minorpo's Eq. 5 on log-probabilities
 assert torch.allclose(log_or, torch.logit(x1) - torch.logit(x2), rtol=1e-9, atol=1e-9)  # the same thing
 for beta in (0.2, 1.0):
     log_pr = beta * (x1.log() - x2.log())
@@ -171,7 +171,7 @@ for beta in (0.2, 1.0):
 lo, hi = -60.0, a0  # log OR rises as b falls: bisection on b
 for _ in range(200):
     mid = (lo + hi) / 2
-    if L.log_odds_ratio(torch.tensor([a0], dtype=torch.float64), torch.tensor([mid], dtype=torch.float64)) > z:
+    if loss.log_odds_ratio(torch.tensor([a0], dtype=torch.float64), torch.tensor([mid], dtype=torch.float64)) > z:
         lo = mid
     else:
         hi = mid
@@ -187,9 +187,9 @@ assert a0 - z / 0.2 < -12  # beta = 0.2: -12.26, a per-token probability of 5e-6
 b_grid = torch.linspace(-14, -1.0, 400, dtype=torch.float64)
 a_grid = torch.full_like(b_grid, a0)
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
-ax.plot(b_grid, L.odds_ratio_loss(a_grid, b_grid), color="tab:blue", lw=2, label="odds ratio: L_OR")
+ax.plot(b_grid, loss.odds_ratio_loss(a_grid, b_grid), color="tab:blue", lw=2, label="odds ratio: L_OR")
 for beta, color in ((1.0, "tab:green"), (0.2, "tab:orange")):
-    ax.plot(b_grid, L.probability_ratio_loss(a_grid, b_grid, beta), color=color, lw=2,
+    ax.plot(b_grid, loss.probability_ratio_loss(a_grid, b_grid, beta), color=color, lw=2,
             label=f"probability ratio: -log σ(β (a - b)), β = {beta}")
 ax.axhline(0.1, color="gray", ls="--", lw=1)
 for b_reached, color, dx in ((lo, "tab:blue", -16), (a0 - z / 1.0, "tab:green", 16), (a0 - z / 0.2, "tab:orange", 0)):

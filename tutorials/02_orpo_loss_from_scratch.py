@@ -19,11 +19,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minorpo import loss as L
 from minorpo.batches import collate_padded
 from minorpo.hf.config import ModelConfig
 from minorpo.data import TokenizedPair
+from minorpo.forward import logps_from_logits
 from minorpo.logprobs import IGNORE_INDEX, shift_labels
+from minorpo.loss import (batch_loss, log_odds_ratio, odds_ratio_loss, odds_ratio_loss_grad,
+                          odds_ratio_loss_grad_logits, orpo_gradient)
 from minorpo.models import build_model
 from minorpo.tools.plot import pyplot, save_figure, tutorial_folder
 
@@ -98,7 +100,7 @@ print("log OR:", log_or.tolist(), "\nL_OR:  ", l_or.tolist())
 # L_SFT is the causal-LM loss of the chosen *response*. The paper's reading (minorpo's `paper` preset): each
 # pair's loss is its per-token mean, so L_SFT_i = -a_i, and the batch loss is the mean over pairs of
 # L_SFT_i + lambda * L_OR_i. (Other implementations average over all tokens of the batch, or include the
-# prompt in the NLL: the `trl` and `official` presets; see minorpo/loss.py.)
+# prompt in the NLL: the `trl` and `official` presets; see minorpo/batches.py, Conventions.)
 
 # %%
 lam = 0.5
@@ -109,12 +111,13 @@ print(f"L_ORPO = {loss.item():.10f}")
 # %% [markdown]
 # ## 5. The same with minorpo
 #
-# `orpo_loss_from_logits` runs minorpo's pipeline from these logits: targets and masks from the batch, Eq. 3,
-# Eq. 5 with its stable log1mexp, Eq. 6 under the chosen preset. In float64 both computations agree to
-# rounding: 1e-12.
+# minorpo's pipeline from these logits: `logps_from_logits` builds the targets and masks of the `paper` preset
+# from the batch and takes the per-token log-probs; `batch_loss` computes Eq. 3, Eq. 5 with its stable log1mexp,
+# and Eq. 6 with the paper's per-sequence NLL mean. In float64 both computations agree to rounding: 1e-12.
 
 # %%
-loss_m, metrics = L.orpo_loss_from_logits(chosen_logits, rejected_logits, batch, preset="paper", lam=lam)
+tl = logps_from_logits(chosen_logits, rejected_logits, batch, preset="paper")
+loss_m, metrics = batch_loss(tl, "orpo", lam, nll_normalization="sequence_mean")
 print(f"minorpo: {loss_m.item():.10f}; metrics:", {k: round(v, 4) for k, v in metrics.items()})
 assert abs(loss_m.item() - loss.item()) < 1e-12
 assert abs(metrics["logps/chosen"] - a.mean().item()) < 1e-12
@@ -137,8 +140,8 @@ assert abs(metrics["odds_ratio_loss"] - l_or.mean().item()) < 1e-12
 # %%
 a_leaf = a.detach().clone().requires_grad_(True)
 b_leaf = b.detach().clone().requires_grad_(True)
-L.odds_ratio_loss(a_leaf, b_leaf).sum().backward()  # autograd: dL_OR_i/da_i, dL_OR_i/db_i
-delta, h_w, h_l = L.orpo_gradient(a, b)
+odds_ratio_loss(a_leaf, b_leaf).sum().backward()  # autograd: dL_OR_i/da_i, dL_OR_i/db_i
+delta, h_w, h_l = orpo_gradient(a, b)
 by_hand_da = -torch.sigmoid(-log_or) / (1 - a.exp())
 by_hand_db = torch.sigmoid(-log_or) / (1 - b.exp())
 print("delta:", delta.tolist())
@@ -156,8 +159,8 @@ eps = 1e-6
 for i in range(len(a)):
     e = torch.zeros_like(a)
     e[i] = eps
-    fd_a = (L.odds_ratio_loss(a + e, b) - L.odds_ratio_loss(a - e, b))[i] / (2 * eps)
-    fd_b = (L.odds_ratio_loss(a, b + e) - L.odds_ratio_loss(a, b - e))[i] / (2 * eps)
+    fd_a = (odds_ratio_loss(a + e, b) - odds_ratio_loss(a - e, b))[i] / (2 * eps)
+    fd_b = (odds_ratio_loss(a, b + e) - odds_ratio_loss(a, b - e))[i] / (2 * eps)
     print(f"pair {i}: dL/da FD {fd_a.item():.8f} formula {(-delta * h_w)[i].item():.8f}; "
           f"dL/db FD {fd_b.item():.8f} formula {(-delta * h_l)[i].item():.8f}")
     assert abs(fd_a - (-delta * h_w)[i]) < 1e-8 and abs(fd_b - (-delta * h_l)[i]) < 1e-8
@@ -176,8 +179,8 @@ ct = shift_labels(batch["chosen_labels"], batch["chosen_attention_mask"])
 rt = shift_labels(batch["rejected_labels"], batch["rejected_attention_mask"])
 aa = (response_logps(cl, batch["chosen_labels"], batch["chosen_attention_mask"])[0].sum(-1) / mask_w.sum(-1))
 bb = (response_logps(rl, batch["rejected_labels"], batch["rejected_attention_mask"])[0].sum(-1) / mask_l.sum(-1))
-L.odds_ratio_loss(aa, bb).sum().backward()
-g_c, g_r = L.odds_ratio_loss_grad_logits(chosen_logits.detach(), ct, rejected_logits.detach(), rt)
+odds_ratio_loss(aa, bb).sum().backward()
+g_c, g_r = odds_ratio_loss_grad_logits(chosen_logits.detach(), ct, rejected_logits.detach(), rt)
 print("max |autograd - formula| on the logits:", max((cl.grad - g_c).abs().max().item(), (rl.grad - g_r).abs().max().item()))
 assert torch.allclose(cl.grad, g_c, rtol=1e-10, atol=1e-14) and torch.allclose(rl.grad, g_r, rtol=1e-10, atol=1e-14)
 
@@ -205,9 +208,9 @@ assert abs(1 / (1 - math.exp(-2)) - 1.1565) < 1e-4  # 4 decimals of hand arithme
 # %%
 g = torch.linspace(-6, -0.02, 300, dtype=torch.float64)
 A, Bg = torch.meshgrid(g, g, indexing="xy")  # A varies along x (columns), Bg along y (rows)
-l_or_grid = L.odds_ratio_loss(A.flatten(), Bg.flatten()).view(A.shape)
-delta_grid = L.orpo_gradient(A.flatten(), Bg.flatten())[0].view(A.shape)
-assert torch.allclose(delta_grid, torch.sigmoid(-L.log_odds_ratio(A.flatten(), Bg.flatten())).view(A.shape))
+l_or_grid = odds_ratio_loss(A.flatten(), Bg.flatten()).view(A.shape)
+delta_grid = orpo_gradient(A.flatten(), Bg.flatten())[0].view(A.shape)
+assert torch.allclose(delta_grid, torch.sigmoid(-log_odds_ratio(A.flatten(), Bg.flatten())).view(A.shape))
 fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.8), sharey=True)
 for ax, grid_values, name, cmap in ((axes[0], l_or_grid, "L_OR = -log σ(log OR)  (nats)", "viridis"),
                                     (axes[1], delta_grid, "δ = σ(-log OR)  (weight, 0 to 1)", "magma")):
@@ -237,7 +240,7 @@ assert l_or_grid[0, -1] < 0.01 and l_or_grid[-1, 0] > 5  # a = -0.02, b = -6: se
 # %%
 a_line = torch.linspace(-6, -0.01, 400, dtype=torch.float64)
 b_line = torch.full_like(a_line, -2.0)
-d_line, hw_line, hl_line = L.orpo_gradient(a_line, b_line)
+d_line, hw_line, hl_line = orpo_gradient(a_line, b_line)
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
 ax.plot(a_line, d_line, lw=2, label="δ = σ(-log OR)  (Eq. 9)")
 ax.plot(a_line, hw_line, lw=2, label="1 / (1 - P(y_w|x))  (Eq. 10, chosen)")
@@ -252,7 +255,7 @@ ax.set(xlabel="a = log P(y_w|x) (nats), with b = log P(y_l|x) = -2", ylabel="val
 ax.grid(alpha=0.3, which="both")
 ax.legend(fontsize=8, loc="upper center")
 save_figure(fig, out, "gradient_terms.png")
-assert torch.allclose(d_line * hw_line, -L.odds_ratio_loss_grad(a_line, b_line)[0])  # the product is dL/da
+assert torch.allclose(d_line * hw_line, -odds_ratio_loss_grad(a_line, b_line)[0])  # the product is dL/da
 odds_l = math.exp(-2) / (1 - math.exp(-2))
 assert abs((d_line * hw_line)[-1].item() / odds_l - 1) < 0.02  # a = -0.01: within 1% of its limit (error ~ |a|)
 print("tutorial 2: all checks passed")

@@ -10,7 +10,7 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from minorpo import loss as L
+from minorpo import loss
 from minorpo.exercises.harness import Failure, assert_close, call, check_tensor, for_all, need, test
 
 
@@ -68,7 +68,7 @@ def vs_minorpo(student):
         a = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
         b = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
         delta, ga, gb = run(student, a, b)
-        ref_delta, h_w, h_l = L.orpo_gradient(a, b)
+        ref_delta, h_w, h_l = loss.orpo_gradient(a, b)
         assert_close(delta, ref_delta, 1e-10, 0.0, "delta")
         assert_close(ga, -ref_delta * h_w, 1e-10, 0.0, "grad_a")
         assert_close(gb, -ref_delta * h_l, 1e-10, 0.0, "grad_b")

@@ -2,16 +2,15 @@
 (token_mean: one mean pooled over the batch's NLL tokens; sequence_mean: each row's mean, then the mean of rows).
 
 Oracles: a plain-Python loop over pairs and tokens (math module, float64) for hand cases; minorpo's
-loss_from_token_logps, under the paper preset with the chosen NLL normalization, for random batches.
+loss.batch_loss, with the chosen NLL normalization, for random batches.
 """
 
-import dataclasses
 import math
 
 import torch
 from hypothesis import strategies as st
 
-from minorpo import loss as L
+from minorpo import loss
 from minorpo.exercises.harness import DTYPES, assert_close, call, check_tensor, for_all, need, test
 
 # float32 sums of <= 24 log-probs of one sign and a log OR (exercise 3's bound): 1e-5 relative, 1e-4 absolute.
@@ -111,9 +110,8 @@ def batches(draw):
 def random_batches(student):
     def body(batch, lam, normalization, dtype):
         t = tensors(*batch, dtype=DTYPES[dtype])
-        conv = dataclasses.replace(L.PRESETS["paper"], nll_normalization=normalization)
         c, cm, nm, r, rm = (x.double() if x.dtype.is_floating_point else x for x in t)
-        expected, _ = L.loss_from_token_logps(L.TokenLogps(c, cm, nm, r, rm), lam, conv)
+        expected, _ = loss.batch_loss(loss.TokenLogps(c, cm, nm, r, rm), "orpo", lam, nll_normalization=normalization)
         rtol, atol = TOL[dtype]
         assert_close(run(student, t, lam, normalization), expected, rtol, atol, "loss")
 

@@ -1,5 +1,5 @@
 """Checks of exercise 10, exact gradient accumulation: each micro-batch's share of the loss of the whole batch, so
-that the shares add up to it, value and gradient (minorpo/objective.py's module docstring; TRL #3716).
+that the shares add up to it, value and gradient (minorpo/train.py's step loop; TRL #3716).
 
 Oracles: hand arithmetic (two micro-batches of 1 and 3 NLL tokens); the loss of the whole batch taken at once with
 minorpo.loss.nll_loss, and autograd through it, for random splits.
@@ -8,7 +8,7 @@ minorpo.loss.nll_loss, and autograd through it, for random splits.
 import torch
 from hypothesis import strategies as st
 
-from minorpo import loss as L
+from minorpo import loss
 from minorpo.exercises.harness import Failure, assert_close, call, check_tensor, for_all, need, test
 
 
@@ -27,7 +27,7 @@ def whole_batch_loss(micro, lam, normalization):
     chosen = torch.cat([torch.nn.functional.pad(m["chosen"], (0, T - m["chosen"].shape[1])) for m in micro])
     mask = torch.cat([torch.nn.functional.pad(m["nll_mask"], (0, T - m["nll_mask"].shape[1])) for m in micro])
     l_or = torch.cat([m["l_or"] for m in micro])
-    return L.nll_loss(chosen, mask, normalization) + lam * l_or.mean()  # Eq. 6 over the whole batch
+    return loss.nll_loss(chosen, mask, normalization) + lam * l_or.mean()  # Eq. 6 over the whole batch
 
 
 def make(rows):

@@ -6,7 +6,7 @@ with a dense mask computes all T x T scores anyway. FlexAttention (PyTorch >= 2.
 128 x 128 blocks and never computes a block in which no pair is allowed; a block that is allowed entirely runs
 without reading the mask.
 
-How it plugs into the model: objective.py turns the batch's dense mask into a `BlockMask` (block_mask below) and
+How it plugs into the model: forward.py turns the batch's dense mask into a `BlockMask` (block_mask below) and
 passes it as the model's attention_mask; models/llama.py hands such a mask to `prepare_attention` and `attend`
 here, and uses its own dense path for every other mask.
 

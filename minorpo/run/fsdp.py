@@ -7,7 +7,7 @@ only while that block runs:
 
     forward, per block     all-gather the block's shards -> full weights, run it, free them again
     backward, per block    all-gather again, compute the gradients, reduce-scatter them: each rank keeps the
-                           *sum* over ranks of its own 1/N (minorpo normalizes by the global batch, objective.py,
+                           *sum* over ranks of its own 1/N (minorpo normalizes by the global batch, train.py,
                            so the sum is the gradient of the whole batch, as in run/distributed.py's sum_gradients)
     optimizer.step()       AdamW on the local shards only (they are DTensors; clipping sees the global norm)
 

@@ -27,7 +27,7 @@ class Progress:
             self.bar.update(self.step_cost)
 
     def eval_batch(self, done: int, total: int, n: int):
-        """Called by objective.evaluate after each batch (n pairs, done of total)."""
+        """Called by forward.evaluate after each batch (n pairs, done of total)."""
         if self.bar is not None:
             self.bar.set_postfix_str(f"evaluating {done}/{total} held-out pairs", refresh=False)
             self.bar.update(n)

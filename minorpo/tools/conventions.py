@@ -143,7 +143,7 @@ def score_batch(model, batch: dict, pad_id: int, official_pad_id: int, max_lengt
     position_ids = torch.arange(T, device=device).expand(N, T)
     hidden = model(ids, attention_mask=mask, position_ids=position_ids, return_hidden=True)  # [2B, T, H]
     weight = model.lm_head.weight
-    cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap (None elsewhere), as in loss.py
+    cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap (None elsewhere), as in forward.py
     nxt, extra, unshifted = token_logps(hidden, weight, (next_ids, extra_ids, unshifted_ids), chunk_size, cap)
     sums = logit_sums(hidden, weight, cap)  # [2B, T]
     f64 = lambda x: x.double().cpu()  # noqa: E731

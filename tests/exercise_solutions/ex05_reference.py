@@ -1,7 +1,6 @@
-import dataclasses
-from minorpo import loss as L
+from minorpo import loss
 
 
 def orpo_batch_loss(chosen, chosen_mask, nll_mask, rejected, rejected_mask, lam, normalization):
-    conv = dataclasses.replace(L.PRESETS["paper"], nll_normalization=normalization)
-    return L.loss_from_token_logps(L.TokenLogps(chosen, chosen_mask, nll_mask, rejected, rejected_mask), lam, conv)[0]
+    tl = loss.TokenLogps(chosen, chosen_mask, nll_mask, rejected, rejected_mask)
+    return loss.batch_loss(tl, "orpo", lam, nll_normalization=normalization)[0]

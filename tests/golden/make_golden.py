@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LN2 = math.log(2.0)
 
-# The four presets, as far as the token log-prob level sees them (minorpo/loss.py, shared/PAPER.md section 3):
+# The four presets, as far as the token log-prob level sees them (minorpo/batches.py Conventions, shared/PAPER.md section 3):
 # which positions enter log P(y|x) and the NLL, how the NLL is normalized, default lambda.
 PRESETS = {
     "paper": dict(nll_coverage="response", nll_normalization="sequence_mean", drop_pad_id=False, extra=False),

@@ -1,4 +1,4 @@
-"""Exercise 10 — exact gradient-accumulation normalization                        (goes with tutorial 5; objective.py)
+"""Exercise 10 — exact gradient-accumulation normalization                        (goes with tutorial 5; train.py)
 
 A batch too large for memory is split into micro-batches; each is run forward and backward and the gradients
 add up before one optimizer step. That is only the gradient of the whole batch if each micro-batch's loss is
