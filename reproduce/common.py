@@ -132,6 +132,9 @@ def parse_args(description: str, presets: dict, argv=None, extra=None) -> argpar
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                    help="one run per seed, each on its own subset of pairs (a claim HOLDS only where every seed holds)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's; see lr_pilot.py)")
+    p.add_argument("--train-pairs", type=int, default=None, help="pairs trained on per seed (default: the preset's)")
+    p.add_argument("--heldout-pairs", type=int, default=None, help="held-out pairs per seed (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs over the trained pairs (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     if extra is not None:
@@ -142,6 +145,9 @@ def parse_args(description: str, presets: dict, argv=None, extra=None) -> argpar
     args.settings = copy.deepcopy(presets[name])
     if args.lr is not None and "train" in args.settings:
         args.settings["train"]["lr"] = args.lr
+    for k in ("train_pairs", "heldout_pairs", "epochs"):  # resizing (README.md's sizing note); recorded in settings
+        if getattr(args, k) is not None and k in args.settings:
+            args.settings[k] = getattr(args, k)
     args.seed = args.seeds[0]
     args.model_used = model_name(args)
     return args

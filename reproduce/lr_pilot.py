@@ -77,7 +77,29 @@ def main(argv=None):
     ax.set(xlabel="optimizer step", ylabel="mean log OR (nats, Eq. 5)", title=f"lr pilot, ORPO λ = 1 — {C.subtitle(args)}")
     ax.grid(alpha=0.3), ax.legend(fontsize=7)
     figures = [rec.save_figure(fig, "lr_pilot")]
-    rec.finish({"grid": results, "chosen_lr": chosen["lr"]}, claims, figures)
+    prediction = predict(args, chosen)
+    print("predicted wall time of each training script at its preset (from this pilot's step and measurement costs):")
+    for k, v in prediction.items():
+        print(f"  {k}: {v / 60:.1f} min")
+    rec.finish({"grid": results, "chosen_lr": chosen["lr"], "predicted_script_seconds": prediction}, claims, figures)
+
+
+# arms and epochs of each training script (their PRESETS): the sizing note in README.md uses the same sums
+SCRIPTS = {"probability_inflation": (1, 4), "orpo_vs_sft": (2, 4), "lambda_ablation": (3, 4),
+           "odds_vs_probability_ratio": (2, 6), "win_rate (training only)": (2, 4)}
+
+
+def predict(args, measured: dict) -> dict:
+    """Seconds per script: per seed, arms x (steps x s/step + measurements x s/measurement) + the shared step-0
+    measurement, with the cpu preset's sizes (48 pairs, 4 pairs a step) and this pilot's costs."""
+    base = C.train_presets()["cpu"] if not args.smoke else args.settings
+    per_epoch = base["train_pairs"] // base["train"]["batch_size"]
+    out = {}
+    for name, (arms, epochs) in SCRIPTS.items():
+        steps, meas = per_epoch * epochs, epochs
+        m = 0 if name.startswith("win_rate") else measured["measure_s"]
+        out[name] = len(args.seeds) * (arms * (steps * measured["median_step_s"] + meas * m) + m)
+    return out
 
 
 if __name__ == "__main__":

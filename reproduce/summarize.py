@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ["probability_inflation", "orpo_vs_sft", "odds_vs_probability_ratio", "lambda_ablation", "gradient_formula",
+ORDER = ["lr_pilot", "probability_inflation", "orpo_vs_sft", "odds_vs_probability_ratio", "lambda_ablation", "gradient_formula",
          "memory_and_time", "reward_model", "win_rate"]
 
 

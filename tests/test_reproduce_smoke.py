@@ -100,8 +100,11 @@ def results(tmp_path_factory):
     return get
 
 
-def test_the_scripts_of_issue_6_exist():
+def test_the_scripts_exist_and_run_all_runs_each_one():
     assert all((REPO / "reproduce" / f"{s}.py").exists() for s in SCRIPTS)
+    run_all = (REPO / "reproduce" / "run_all.sh").read_text()
+    for s in SCRIPTS:  # run_all.sh names scripts as `run NAME` or in its loop over the training scripts
+        assert f"run {s}" in run_all or f" {s} " in run_all or f" {s}\n" in run_all or f" {s};" in run_all, s
 
 
 def test_odds_vs_probability_ratio(results):
