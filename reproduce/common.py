@@ -521,10 +521,8 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    sets = {"trained": trained, "heldout": heldout}
     mb = 2 * cfg.batch_size  # measurement batch: no grad, so twice the training batch fits
-
-    sets = {k: v for k, v in sets.items() if v}  # an empty held-out set (win_rate.py) is not measured
+    sets = {k: v for k, v in (("trained", trained), ("heldout", heldout)) if v}  # win_rate.py: no held-out set
     out = {"steps": [], "rows": [], **{k: {"a": [], "b": []} for k in sets}}
 
     def record(step, m):
