@@ -70,7 +70,7 @@ def pair_logps(model, batch: dict, spec: LossSpec) -> TokenLogps:
         rows = [pair_logps(model, row, replace(spec, unpadded=False)) for row in _unpadded_rows(batch)]
         return _stack_rows(rows, batch["input_ids"].shape[1])
     t = preference_targets(batch, spec.preset, spec.pad_id)
-    weight, cap = model.lm_head.weight, model.config.final_logit_softcapping  # [V, H]; Gemma's logit soft-cap or None
+    cap = model.config.final_logit_softcapping  # Gemma's logit soft-cap, applied in the chunked head; else None
     head = CompiledChunkedTokenLogps if spec.compiled_head else ChunkedTokenLogps  # logprobs.py / fast/compiled_head.py
     if spec.layout == "shared":
         mask = batch["attention_mask"]
@@ -78,6 +78,7 @@ def pair_logps(model, batch: dict, spec: LossSpec) -> TokenLogps:
             mask = flex.block_mask(mask)
         hidden = model(batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
                        return_hidden=True)  # [B, T, H]
+        weight = model.lm_head.weight  # [V, H], read after the forward (under --fsdp it is whole only then)
         chosen, rejected = token_logps(hidden, weight, (t.chosen, t.rejected), spec.chunk_size, cap, head)  # [B, T]
         with torch.no_grad():
             sums = logit_sums(hidden, weight, cap)  # [B, T]
@@ -91,6 +92,7 @@ def pair_logps(model, batch: dict, spec: LossSpec) -> TokenLogps:
         logits = model(ids, attention_mask=mask)  # [2B, T, V]
         return _from_logits(logits[:B], logits[B:], t, spec.preset)
     hidden = model(ids, attention_mask=mask, return_hidden=True)  # [2B, T, H]
+    weight = model.lm_head.weight  # [V, H], read after the forward (under --fsdp it is whole only then)
     logps = token_logps(hidden, weight, torch.cat([t.chosen, t.rejected]), spec.chunk_size, cap, head)  # [2B, T]
     with torch.no_grad():
         sums = logit_sums(hidden, weight, cap)  # [2B, T]
