@@ -46,7 +46,7 @@ def judge_args(args):
     """args with the judge as the model (--judge, default the instruct family) for common.load_model."""
     j = C.MODEL_FAMILIES["instruct"]
     args.model_used = "tiny random llama (in-process)" if args.smoke else (
-        args.judge or (str(j["fixture"]) if (j["fixture"] / "config.json").exists() else j["hub"]))
+        getattr(args, "judge", None) or (str(j["fixture"]) if (j["fixture"] / "config.json").exists() else j["hub"]))
     return args
 
 

@@ -36,7 +36,7 @@ CLAIM = ("Table 2 (mini): responses of an ORPO policy win against those of an SF
 PRESETS = C.train_presets(paper={"lam": 1.0, "prompts": 500, "max_new_tokens": 128, "gen_batch": 32},
                           cpu={"lam": 1.0, "prompts": 200, "max_new_tokens": 48, "gen_batch": 8, "heldout_pairs": 0},
                           smoke={"lam": 1.0, "prompts": 6, "max_new_tokens": 8, "gen_batch": 4, "heldout_pairs": 0})
-END_OF_TURN = "\n\nHuman:"  # a base model goes on with the dialogue: the response ends where the next turn starts
+END_OF_TURN = "\n\nHuman"  # a base model goes on with the dialogue: the response ends where the next turn starts
 
 
 def generate_responses(model, tok, prompts: list, s: dict, device, eta=None) -> list[str]:

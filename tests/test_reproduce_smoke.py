@@ -232,3 +232,13 @@ def test_reward_model_and_win_rate(results):
         # the win rate is recomputed from the per-prompt rewards (ties count 1/2)
         d = [o - q for o, q in zip(m["rewards"]["ORPO"], m["rewards"]["SFT"])]
         assert m["win_rate"] == pytest.approx(sum((x > 0) + 0.5 * (x == 0) for x in d) / len(d))
+
+
+def test_judge_defaults_to_the_instruct_model_outside_smoke():
+    """win_rate.py asks reward_model.judge_args for the judge with its own flags (no --judge): the default is the
+    instruct family's model (the fixture folder or the hub id), and the results folder is that model's."""
+    import common as C
+    import reward_model as RM
+    args = RM.judge_args(C.parse_args("", RM.PRESETS, []))
+    fam = C.MODEL_FAMILIES["instruct"]
+    assert args.model_used in (str(fam["fixture"]), fam["hub"]) and C.model_tag(args) == fam["tag"]
