@@ -67,6 +67,11 @@ MODEL_FAMILIES = {
                  "hub": "HuggingFaceTB/SmolLM2-135M-Instruct"},
 }
 
+# The cpu preset's sizes per model family (README.md's sizing note): Gemma 3 270M's step costs ~2.5x
+# SmolLM2's (its 262,144-token output head), so it trains 32 pairs and is measured every 2 epochs.
+CPU_SIZES = {"base": {"train_pairs": 32, "heldout_pairs": 32, "measure_every_epochs": 2},
+             "instruct": {"train_pairs": 48, "heldout_pairs": 48, "measure_every_epochs": 1}}
+
 # Settings shared by the scripts that train. "train" holds minorpo.train.TrainConfig fields.
 #   paper: the paper's Fig. 3 / 7 setting as far as it is given (OPT-350M, HH-RLHF, full fine-tuning, AdamW,
 #          warmup then cosine, max length 1024, Appendix C); subset size, epochs and batch size are ours.
@@ -145,6 +150,8 @@ def parse_args(description: str, presets: dict, argv=None, extra=None) -> argpar
     args.settings = copy.deepcopy(presets[name])
     if args.lr is not None and "train" in args.settings:
         args.settings["train"]["lr"] = args.lr
+    if name == "cpu" and not args.model and "train_pairs" in args.settings:
+        args.settings.update(CPU_SIZES[args.model_family])
     for k in ("train_pairs", "heldout_pairs", "epochs"):  # resizing (README.md's sizing note); recorded in settings
         if getattr(args, k) is not None and k in args.settings:
             args.settings[k] = getattr(args, k)

@@ -77,28 +77,49 @@ def main(argv=None):
     ax.set(xlabel="optimizer step", ylabel="mean log OR (nats, Eq. 5)", title=f"lr pilot, ORPO λ = 1 — {C.subtitle(args)}")
     ax.grid(alpha=0.3), ax.legend(fontsize=7)
     figures = [rec.save_figure(fig, "lr_pilot")]
-    prediction = predict(args, chosen)
-    print("predicted wall time of each training script at its preset (from this pilot's step and measurement costs):")
+    args.seeds_planned = [0, 1]  # the training scripts' default seeds
+    prediction, sizes = predict(args, chosen), recommend(args, chosen)
+    print(f"predicted wall time of each training script ({len(args.seeds_planned)} seeds), from this pilot's costs:")
     for k, v in prediction.items():
-        print(f"  {k}: {v / 60:.1f} min")
-    rec.finish({"grid": results, "chosen_lr": chosen["lr"], "predicted_script_seconds": prediction}, claims, figures)
+        print(f"  {k}: {v / 60:.1f} min at {args.settings['train_pairs']} pairs; fits {BUDGET_S // 60} min with "
+              f"{sizes[k]} pairs ({predict(args, chosen, sizes[k])[k] / 60:.1f} min)")
+    rec.finish({"grid": results, "chosen_lr": chosen["lr"], "predicted_script_seconds": prediction,
+                "recommended_pairs": sizes}, claims, figures)
 
 
 # arms and epochs of each training script (their PRESETS): the sizing note in README.md uses the same sums
 SCRIPTS = {"probability_inflation": (1, 4), "orpo_vs_sft": (2, 4), "lambda_ablation": (3, 4),
-           "odds_vs_probability_ratio": (2, 6), "win_rate (training only)": (2, 4)}
+           "odds_vs_probability_ratio": (2, 6), "win_rate": (2, 4)}
+BUDGET_S = 30 * 60  # each script <= 30 minutes (issue 13)
+WIN_RATE_EXTRA_S = 10 * 60  # win_rate.py's generation (2 x 2 x 200 prompts) and judging, not measured by the pilot
 
 
-def predict(args, measured: dict) -> dict:
-    """Seconds per script: per seed, arms x (steps x s/step + measurements x s/measurement) + the shared step-0
-    measurement, with the cpu preset's sizes (48 pairs, 4 pairs a step) and this pilot's costs."""
-    base = C.train_presets()["cpu"] if not args.smoke else args.settings
-    per_epoch = base["train_pairs"] // base["train"]["batch_size"]
+def predict(args, measured: dict, n: int | None = None) -> dict:
+    """Seconds per script with n trained and n held-out pairs per seed (default: the preset's): per seed, arms x
+    (steps x s/step + measurements x s/measurement) + the shared step-0 measurement; a measurement costs in
+    proportion to the pairs measured (the pilot measured train_pairs + heldout_pairs of them)."""
+    s = args.settings
+    n = n or s["train_pairs"]
+    per_pair = measured["measure_s"] / (s["train_pairs"] + s["heldout_pairs"])
     out = {}
     for name, (arms, epochs) in SCRIPTS.items():
-        steps, meas = per_epoch * epochs, epochs
-        m = 0 if name.startswith("win_rate") else measured["measure_s"]
-        out[name] = len(args.seeds) * (arms * (steps * measured["median_step_s"] + meas * m) + m)
+        steps = n // s["train"]["batch_size"] * epochs
+        meas = -(-epochs // s["measure_every_epochs"])
+        m = 0 if name == "win_rate" else 2 * n * per_pair
+        extra = WIN_RATE_EXTRA_S if name == "win_rate" else 0
+        out[name] = len(args.seeds_planned) * (arms * (steps * measured["median_step_s"] + meas * m) + m) + extra
+    return out
+
+
+def recommend(args, measured: dict) -> dict:
+    """Per script, the largest number of trained (and held-out) pairs, a multiple of the batch size from 16 (or the preset's, if fewer) up
+    to the preset's, whose predicted time fits BUDGET_S: sizing by cost alone, never by outcome."""
+    s, bs = args.settings, args.settings["train"]["batch_size"]
+    out = {}
+    for name in SCRIPTS:
+        low = min(16, s["train_pairs"])
+        fits = [n for n in range(low, s["train_pairs"] + 1, bs) if predict(args, measured, n)[name] <= BUDGET_S]
+        out[name] = max(fits) if fits else low
     return out
 
 

@@ -8,7 +8,8 @@
 #     THREADS=1 bash reproduce/run_all.sh            # a machine shared with other jobs (2 threads spin there)
 #
 # Order: the judge (once, shared by both models), then per model: the learning-rate pilot (its chosen lr is
-# passed to every training script with --lr; it also prints each script's predicted time), the training
+# passed to every training script with --lr; it also predicts each script's time and the most pairs that fit
+# 30 minutes, passed with --train-pairs / --heldout-pairs and recorded in each JSON's settings), the training
 # scripts, the two cheap scripts, the win rate. Each script's wall time is printed and appended to
 # reproduce/results/run_all_times.txt; the README table comes from `python reproduce/summarize.py`.
 set -euo pipefail
@@ -34,14 +35,18 @@ run reward_model
 for fam in $FAMILIES; do
     case $fam in base) tag=gemma-3-270m ;; instruct) tag=smollm2-135m-instruct ;; *) echo "unknown family $fam"; exit 2 ;; esac
     run lr_pilot --model-family "$fam" --seeds 0
-    lr=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['measured']['chosen_lr'])" \
-        "reproduce/results/$tag/lr_pilot/result_cpu.json")
+    pilot="reproduce/results/$tag/lr_pilot/result_cpu.json"
+    lr=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['measured']['chosen_lr'])" "$pilot")
+    pairs() {  # the pilot's sizing: the most pairs whose predicted time fits 30 minutes (cost only, not outcome)
+        python -c "import json, sys; print(json.load(open(sys.argv[1]))['measured']['recommended_pairs'][sys.argv[2]])" "$pilot" "$1"
+    }
     echo "learning rate for $fam: $lr (lr_pilot.py)"
     for script in probability_inflation orpo_vs_sft odds_vs_probability_ratio lambda_ablation; do
-        run "$script" --model-family "$fam" --lr "$lr"
+        n=$(pairs "$script")
+        run "$script" --model-family "$fam" --lr "$lr" --train-pairs "$n" --heldout-pairs "$n"
     done
     run gradient_formula --model-family "$fam"
     run memory_and_time --model-family "$fam"
-    run win_rate --model-family "$fam" --lr "$lr"
+    run win_rate --model-family "$fam" --lr "$lr" --train-pairs "$(pairs win_rate)"
 done
 python reproduce/summarize.py | tee reproduce/results/summary_cpu.md

@@ -56,7 +56,8 @@ def check_training_record(record, arms, n_seeds=2):
     seed starts from the same measurement (same weights, same pairs); different seeds draw different subsets."""
     s = record["settings"]
     per_epoch = s["train_pairs"] // s["train"]["batch_size"]
-    steps = list(range(0, per_epoch * s["epochs"] + 1, per_epoch))
+    every = per_epoch * s["measure_every_epochs"]
+    steps = sorted({*range(0, per_epoch * s["epochs"] + 1, every), per_epoch * s["epochs"]})
     assert record["seeds"] == [0, 1][:n_seeds]
     starts = {}
     for seed in record["seeds"]:
@@ -209,6 +210,12 @@ def test_lr_pilot(results):
     if ok:
         assert r["measured"]["chosen_lr"] == min(ok)
     assert all(v["median_step_s"] > 0 and v["measure_s"] > 0 for v in grid.values())
+    # the sizing: more arms never get more pairs than fewer arms at the same epochs
+    n = r["measured"]["recommended_pairs"]
+    assert n["lambda_ablation"] <= n["orpo_vs_sft"] <= n["probability_inflation"]
+    low = min(16, r["settings"]["train_pairs"])
+    assert all(v % r["settings"]["train"]["batch_size"] == 0 and low <= v <= r["settings"]["train_pairs"]
+               for v in n.values())
 
 
 def test_reward_model_and_win_rate(results):
