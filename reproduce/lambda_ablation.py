@@ -113,7 +113,7 @@ def main(argv=None):
     ax.axhline(0, color="gray", linewidth=0.6)
     ax.set(title="margin chosen − rejected, trained pairs", ylabel="log P(y_w|x) − log P(y_l|x) (nats)")
     for ax in axes:
-        ax.set_xlabel("optimizer step (a point per epoch, a line per seed)")
+        ax.set_xlabel("optimizer step (a point per measurement, a line per seed)")
         ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.suptitle(f"Fig. 9 re-run: ORPO with λ ∈ {{{', '.join(f'{x:g}' for x in LAMBDAS)}}} — {C.subtitle(args)}")
     figures = [rec.save_figure(fig, "fig9_lambda")]

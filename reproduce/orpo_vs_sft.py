@@ -109,7 +109,7 @@ def main(argv=None):
     axes[2].axhline(0, color="gray", linewidth=0.6)
     axes[2].set(title="log odds ratio", ylabel="mean log OR(y_w, y_l) (nats, Eq. 5)")
     for ax in axes:
-        ax.set_xlabel(f"optimizer step ({s['train']['batch_size']} pairs; a point per epoch; a line per seed)")
+        ax.set_xlabel(f"optimizer step ({s['train']['batch_size']} pairs; a point per measurement; a line per seed)")
         ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.suptitle(f"Fig. 7 re-run: SFT vs ORPO (λ = {s['lam']:g}), same pairs, same order — {C.subtitle(args)}")
     figures = [rec.save_figure(fig, "fig7_orpo_vs_sft")]

@@ -77,7 +77,7 @@ def main(argv=None):
         C.plot_arm(ax, runs_by_seed, "SFT", which, "chosen", "tab:green", "-", "chosen")
         C.plot_arm(ax, runs_by_seed, "SFT", which, "rejected", "tab:red", "-", "rejected")
         ax.set(title=f"{which} pairs, mean over pairs", ylabel="mean per-token log-prob (nats, Eq. 3)",
-               xlabel="optimizer step (SFT on chosen only; a point per epoch, a line per seed)")
+               xlabel="optimizer step (SFT on chosen only; a point per measurement, a line per seed)")
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
     ax = axes[2]
     for seed, runs in runs_by_seed.items():
