@@ -613,10 +613,10 @@ def begin(run: dict, which: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def curves(run: dict, which: str) -> dict:
     """Means over the set's pairs at each measured step: chosen, rejected, log OR (for the plots)."""
-    from minorpo import loss as L
+    from minorpo.loss import log_odds_ratio
     a, b = run[which]["a"], run[which]["b"]
     return {"steps": run["steps"], "chosen": a.mean(1).tolist(), "rejected": b.mean(1).tolist(),
-            "log_or": L.log_odds_ratio(a.double(), b.double()).mean(1).tolist()}
+            "log_or": log_odds_ratio(a.double(), b.double()).mean(1).tolist()}
 
 
 def table2_split(pairs: list) -> dict:

@@ -65,22 +65,22 @@ def flat(grads) -> torch.Tensor:
 
 def check_formula(model, params, pairs, pad_id, device) -> list[dict]:
     """Per pair: autograd grad of L_OR vs -delta*h (and vs the paper's printed +delta*h)."""
-    from minorpo import loss as L
+    from minorpo.loss import log_odds_ratio, odds_ratio_loss, orpo_gradient
 
     out = []
     for i, pair in enumerate(pairs):
         a, b = chosen_rejected_logps(model, pair, pad_id, device)
         grad_a = flat(torch.autograd.grad(a, params, retain_graph=True))  # (P,)  grad log P(y_w|x)
         grad_b = flat(torch.autograd.grad(b, params, retain_graph=True))  # (P,)  grad log P(y_l|x)
-        l_or = L.odds_ratio_loss(a[None], b[None])[0]  # Eq. 7
+        l_or = odds_ratio_loss(a[None], b[None])[0]  # Eq. 7
         autograd = flat(torch.autograd.grad(l_or, params))  # (P,)
-        delta, h_chosen, h_rejected = (t[0] for t in L.orpo_gradient(a.detach()[None], b.detach()[None]))
+        delta, h_chosen, h_rejected = (t[0] for t in orpo_gradient(a.detach()[None], b.detach()[None]))
         h = h_chosen * grad_a + h_rejected * grad_b  # Eq. 10: grad a / (1 - P_w) - grad b / (1 - P_l)
         formula = -delta * h  # Eq. 8 with Eq. 7's minus sign kept
         rel = float((formula - autograd).norm() / autograd.norm())
         cos_printed = float(torch.nn.functional.cosine_similarity(delta * h, autograd, dim=0))
         a, b = a.detach(), b.detach()
-        out.append({"pair": i, "a": float(a), "b": float(b), "log_OR": float(L.log_odds_ratio(a[None], b[None])[0]),
+        out.append({"pair": i, "a": float(a), "b": float(b), "log_OR": float(log_odds_ratio(a[None], b[None])[0]),
                     "delta": float(delta), "inv_1_minus_Pw": float(h_chosen), "inv_1_minus_Pl": float(-h_rejected),
                     "grad_norm": float(autograd.norm()), "rel_error": rel, "cosine_paper_sign": cos_printed})
         print(f"  pair {i}: a {float(a):.3f}  b {float(b):.3f}  delta {float(delta):.3f}  |grad L_OR| "
@@ -90,10 +90,10 @@ def check_formula(model, params, pairs, pad_id, device) -> list[dict]:
 
 def weights(a: torch.Tensor, b: torch.Tensor) -> dict:
     """delta and the multipliers of grad a and grad b, per pair, and how they split between wrong and right."""
-    from minorpo import loss as L
+    from minorpo.loss import log_odds_ratio, odds_ratio_loss, orpo_gradient
 
-    log_or = L.log_odds_ratio(a, b)
-    delta, h_c, h_r = L.orpo_gradient(a, b)
+    log_or = log_odds_ratio(a, b)
+    delta, h_c, h_r = orpo_gradient(a, b)
     w_a, w_b = -delta * h_c, -delta * h_r  # dL_OR/da, dL_OR/db
     push = w_a.abs() + w_b.abs()  # size of the push on (a, b) per pair
     wrong = log_or < 0

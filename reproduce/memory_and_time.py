@@ -53,13 +53,13 @@ PRESETS = {
 
 def sft_step_loss(model, batch, chunk_size):
     """L_SFT from the chosen rows only: what a plain SFT step computes."""
-    from minorpo import loss as L
+    from minorpo.loss import nll_loss
     from minorpo.logprobs import IGNORE_INDEX, shift_labels, token_logps
 
     targets = shift_labels(batch["chosen_labels"], batch["chosen_attention_mask"])  # [B, T]
     hidden = model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"], return_hidden=True)
     logps = token_logps(hidden, model.lm_head.weight, targets, chunk_size)  # [B, T]
-    return L.nll_loss(logps, targets != IGNORE_INDEX, "sequence_mean")
+    return nll_loss(logps, targets != IGNORE_INDEX, "sequence_mean")
 
 
 class Setup:

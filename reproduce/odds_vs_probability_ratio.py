@@ -136,12 +136,12 @@ def plot_simulation(rec, samples, s):
 def train_claims(runs: dict, lam_name: str) -> tuple[dict, dict]:
     """(precondition, {PR arm: tests}) for one seed's runs {"OR": ..., "PR (β=...)": ...}."""
     import torch
-    from minorpo import loss as L
+    from minorpo.loss import log_odds_ratio
     a0, b0 = C.begin(runs["OR"], "trained")
     a_or, b_or = C.end(runs["OR"], "trained")
     pre = S.precondition(a0, b0, a_or, b_or)
     inv = float((1 / (-torch.expm1(a_or.double()))).median())  # 1 / (1 - P_w), P_w = exp(a)
-    gap = float((L.log_odds_ratio(a_or.double(), b_or.double()) - (a_or - b_or).double()).mean())
+    gap = float((log_odds_ratio(a_or.double(), b_or.double()) - (a_or - b_or).double()).mean())
     pre["regime"] = {"median_inv_1_minus_Pw_OR_run": inv, "mean_logOR_minus_logPR_OR_run": gap, "required": REGIME}
     reasons = [] if pre["passed"] else [pre["reason"]]
     tests = {}

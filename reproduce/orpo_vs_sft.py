@@ -43,13 +43,13 @@ PRESETS = C.train_presets(paper={"lam": 1.0}, cpu={"lam": 1.0}, smoke={"lam": 1.
 
 def sub_claims(sft, orpo, which: str) -> dict:
     """The three per-pair tests on one set ("trained" or "heldout") at the end of training."""
-    from minorpo import loss as L
+    from minorpo.loss import log_odds_ratio
     a0, b0 = C.begin(orpo, which)
     a_s, b_s = C.end(sft, which)
     a_o, b_o = C.end(orpo, which)
     return {"rejected falls under ORPO": S.mean_test(b_o - b0, "less"),
             "chosen stays near SFT": S.mean_test(a_o - a_s, "equivalent", margin=MARGIN),
-            "log OR above SFT": S.mean_test(L.log_odds_ratio(a_o, b_o) - L.log_odds_ratio(a_s, b_s), "greater")}
+            "log OR above SFT": S.mean_test(log_odds_ratio(a_o, b_o) - log_odds_ratio(a_s, b_s), "greater")}
 
 
 def main(argv=None):

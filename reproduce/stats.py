@@ -198,10 +198,10 @@ def precondition(a0, b0, a1, b1, alpha: float = ALPHA) -> dict:
     """Was the preference term learned on the trained pairs? a0, b0: per-pair chosen / rejected log-probs (Eq. 3)
     before training, a1, b1 after. Passed when, per pair, L_OR = -log sigmoid(log OR) fell (paired t-test, HOLDS)
     AND log OR rose (HOLDS). Returns {"passed", "reason", "tests"}."""
-    from minorpo import loss as L
+    from minorpo.loss import log_odds_ratio
 
     def lor(a, b):
-        return L.log_odds_ratio(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+        return log_odds_ratio(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
 
     before, after = lor(a0, b0), lor(a1, b1)
     tests = {"L_OR falls": mean_test(torch.nn.functional.softplus(-after) - torch.nn.functional.softplus(-before),
