@@ -22,7 +22,7 @@ Shared-prompt layout (collate_shared_prompt): one row holds prompt + chosen + re
   to the prompt and earlier padding only (so no attention row is empty) and has no target.
   DataConfig.max_length caps prompt + ONE response, so a shared row can be up to max_length + the longer
   response's length; it is still shorter than the two padded rows together (the prompt is there once).
-Both layouts give the same per-sequence log-probs (tests/test_collate.py checks it on a tiny model).
+Both layouts give the same per-sequence log-probs (tests/test_batches.py checks it on a tiny model).
 
 Then `preference_targets` turns a batch of either layout into the next-token targets each term scores, under a
 preset's conventions (the presets, and where ORPO implementations differ, are explained once, at PRESETS below).
@@ -199,7 +199,7 @@ def preference_targets(batch: dict, preset="paper", pad_token_id=None) -> Target
     Each layout is first read as, per side, the next-token targets of its response tokens, those of the whole
     sequence (prompt + response: what a prompt+response NLL covers), where its last response token sits and
     whether it was truncated; `_apply_conventions` then applies the preset's token rules, once for both layouts.
-    Padded batches (contracts.md): chosen_/rejected_ input_ids, attention_mask, labels [B, T*], optionally
+    Padded batches (collate_padded): chosen_/rejected_ input_ids, attention_mask, labels [B, T*], optionally
     chosen_/rejected_truncated [B] bool. Shared-prompt batches: chosen_, rejected_, prompt_targets [B, T] and, for
     the official extra target, prompt_, chosen_, rejected_lengths [B].
     """

@@ -1,7 +1,7 @@
 """Preference data: rows in the formats people use -> (prompt ids, chosen ids, rejected ids), with a drop report.
 
 Row layouts (standard, conversational, implicit HH-RLHF, LLaMA-Factory's sharegpt and alpaca, orca's question;
-a `system` column): see layouts.py. The layout is detected once from a source's first rows (format="auto") or
+a `system` column): see hf/layouts.py. The layout is detected once from a source's first rows (format="auto") or
 forced with DataConfig.format, and every row is read in it; a source that fits none is one error.
 
 Formatting (identical for chosen and rejected):
@@ -119,7 +119,7 @@ class TokenizedPair:
 
 @dataclass
 class DropReport:
-    layout: str | None = None  # the row layout the source was read in (layouts.py)
+    layout: str | None = None  # the row layout the source was read in (hf/layouts.py)
     rows_read: int = 0
     kept: int = 0
     prompts_truncated: int = 0
@@ -316,7 +316,7 @@ def _progress_bar(enabled: bool):
 def load_preferences(source, tokenizer, config: DataConfig | None = None, *, split: str | None = None,
                      data_files: str | None = None, revision: str | None = None,
                      limit: int | None = None, progress: bool = False) -> PreferenceDataset:
-    """Read a local file/folder or a hub dataset (see datafiles.py) and tokenize it. Malformed files raise
+    """Read a local file/folder or a hub dataset (see hf/datafiles.py) and tokenize it. Malformed files raise
     DataFileError (file and line); bad rows are dropped and reported (or raise BadRowError when strict)."""
     rows = iter_rows(source, split=split, data_files=data_files, revision=revision)
     return build_examples(rows, tokenizer, config, limit=limit, progress=progress)

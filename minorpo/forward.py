@@ -60,7 +60,7 @@ class LossSpec:
 def pair_logps(model, batch: dict, spec: LossSpec) -> TokenLogps:
     """TokenLogps of a micro-batch in spec.layout: its targets (batches.py), ONE forward, chunked log-probs.
 
-    padded batch: chosen_/rejected_ input_ids, attention_mask, labels [B, T*] (contracts.md) -> a forward of the
+    padded batch: chosen_/rejected_ input_ids, attention_mask, labels [B, T*] (batches.collate_padded) -> a forward of the
     2B rows, chosen then rejected. shared batch: input_ids, position_ids [B, T], attention_mask [B, T, T] bool
     block mask, chosen_/rejected_/prompt_targets [B, T] -> a forward of B rows; the last prompt position predicts
     both first response tokens, so chosen and rejected targets are scored as a tuple (one logsumexp).

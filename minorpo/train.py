@@ -41,7 +41,7 @@ from minorpo.hf.peft import save_peft_adapter
 from minorpo.hf.tokenizer import Tokenizer
 from minorpo.lora import apply_lora, merged_state_dict
 from minorpo.loss import metric_shares, objective_sums
-from minorpo.run import folders as runs
+from minorpo.run import folders
 from minorpo.run.checkpoint import load_checkpoint, save_checkpoint
 from minorpo.run.config import RunConfig, setting
 from minorpo.run.distributed import Distributed, pick_device
@@ -146,9 +146,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
     if cfg.fsdp:  # the sharded path (minorpo/run/fsdp.py): imported only when used, FSDP's own imports are slow
         from minorpo.run import fsdp
     ddp = fsdp.ShardedDistributed(device) if cfg.fsdp else Distributed(device)
-    start = runs.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
+    start = folders.prepare(cfg, log=print if ddp.main else (lambda *a, **k: None), main=ddp.main)  # before the model loads
     if start.finished:
-        rows = runs.read_rows(Path(cfg.out) / "metrics.jsonl")
+        rows = folders.read_rows(Path(cfg.out) / "metrics.jsonl")
         return rows[-1] if rows else {}
     cudnn_before, threads_before = torch.backends.cuda.cudnn_sdp_enabled(), torch.get_num_threads()
     if cfg.threads:
@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None) -> dict:
         torch.set_num_threads(threads_before)
 
 
-def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: runs.Start) -> dict:
+def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: folders.Start) -> dict:
     """train()'s body: model, data, optimizer, the loop, the export. fsdp: minorpo.run.fsdp with --fsdp, else None."""
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
@@ -252,8 +252,8 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         if start.checkpoint is None:
-            runs.write_config(out, cfg)  # a resumed run keeps its config.json (changes: RUN/resumes.jsonl)
-        runs.write_run_info(out, device, ddp.world)  # command, versions, hardware
+            folders.write_config(out, cfg)  # a resumed run keeps its config.json (changes: RUN/resumes.jsonl)
+        folders.write_run_info(out, device, ddp.world)  # command, versions, hardware
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     spec = LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset, chunk_size=cfg.chunk_size,
@@ -272,7 +272,7 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
         return {f"eval_{k}": v for k, v in ev.items()}
 
     # --- the loop
-    metrics = runs.MetricsLog(out, start_step, resumed=start.checkpoint is not None, report_to=cfg.report_to,
+    metrics = folders.MetricsLog(out, start_step, resumed=start.checkpoint is not None, report_to=cfg.report_to,
                               main=ddp.main)
     evals = sum(eval_due(cfg, s) for s in range(start_step + 1, cfg.max_steps + 1)) + (start_step == 0)
     bar = Progress(cfg, start_step, global_batch, len(eval_set), evals, ddp.main)

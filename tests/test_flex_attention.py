@@ -2,7 +2,7 @@
 
 PyTorch's FlexAttention has no CPU backward, so on the CPU these tests check the forward only (training with it
 needs CUDA; tests/test_cuda.py compares its loss and gradient with SDPA's there). Oracles:
-  * the same model with SDPA and the dense [B, T, T] block mask (collate.py). float64 on both sides, different
+  * the same model with SDPA and the dense [B, T, T] block mask (batches.py). float64 on both sides, different
     kernels (FlexAttention's reference path vs SDPA's math path: another order of summation), so 1e-10 relative;
     a wrong mask (a rejected token seeing the chosen response, say) moves log-probs by 1e-2 or more;
   * for which blocks are skipped: the 128 x 128 blocks of the dense mask that hold no allowed pair, counted here.

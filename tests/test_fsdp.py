@@ -187,7 +187,7 @@ def test_sigkill_then_resume_is_bit_exact(inputs, tmp_path):
     """An --fsdp run killed (SIGKILL to torchrun and both ranks) after a sharded checkpoint and resumed ends with
     exactly the adapter and merged export of an uninterrupted --fsdp run: AdamW (its state sharded in the
     checkpoint), LoRA dropout (each rank's RNG state restored), 2 micro-batches, a warmup + cosine schedule; resumed
-    with CPU offload and --no-reshard-after-forward switched on (memory switches a resume may change, runs.py).
+    with CPU offload and --no-reshard-after-forward switched on (memory switches a resume may change, run/folders.py).
     CPU, same world size: deterministic, so bit-equal. (Not compared with one process: under dropout each rank draws
     its own masks.)"""
     kw = dict(optimizer="adamw", lr=0.01, warmup_steps=3, schedule="cosine", lora_dropout=0.1, max_steps=24,

@@ -62,7 +62,7 @@ def trl_setup(tmp_path_factory):
 
 
 def ours(batch: dict) -> dict:
-    """The padded-layout keys minorpo reads (contracts.md) from TRL's collated batch."""
+    """The padded-layout keys minorpo reads (batches.collate_padded) from TRL's collated batch."""
     return {k: batch[k] for k in ("chosen_input_ids", "chosen_attention_mask", "chosen_labels",
                                   "rejected_input_ids", "rejected_attention_mask", "rejected_labels")}
 

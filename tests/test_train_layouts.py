@@ -87,7 +87,7 @@ def test_shared_layout_accumulation_uses_global_counts(inputs, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["trl", "official"])
-def test_unpadded_rows_step_equal_paddedmetric_rows(inputs, tmp_path, preset):
+def test_unpadded_rows_step_equal_padded(inputs, tmp_path, preset):
     """Shared layout, each row at its own length (unpadded=True: 4 forwards of one row) vs the micro-batch padded to
     its longest row: the same positions computed the same way, so the same step to 1e-10 (float64), the same
     loss and the same held-out metrics (including the logits/* means, merged over rows). trl: prompt+response

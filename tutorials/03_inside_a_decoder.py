@@ -113,7 +113,7 @@ def forward_by_hand(ids):  # ids: (T,) -> logits (T, V)
 # ### What each token may attend to
 #
 # `causal` above lets token t read tokens 0..t. A preference batch adds padding and, in minorpo's shared-prompt
-# layout (collate.py), a block structure: one row holds prompt, chosen and rejected response, and the rejected
+# layout (batches.py), a block structure: one row holds prompt, chosen and rejected response, and the rejected
 # response must not see the chosen one. Below are the masks the model actually receives (llama.prepare_attention
 # for padded rows, collate_shared_prompt's block mask) for a pair with a 3-token prompt, a 3-token chosen and a
 # 2-token rejected response. Exercise 7 asks you to build the shared one.

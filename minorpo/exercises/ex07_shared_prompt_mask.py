@@ -1,5 +1,5 @@
 """Checks of exercise 7, the shared-prompt layout: one row [prompt | chosen | rejected | padding] per pair, the
-position ids (rejected restarts after the prompt) and the [B, T, T] attention mask (collate.py's docstring).
+position ids (rejected restarts after the prompt) and the [B, T, T] attention mask (batches.py's docstring).
 
 Oracles: the example of minorpo/batches.py's docstring, by hand; minorpo.batches.collate_shared_prompt for random
 lengths.
@@ -51,7 +51,7 @@ def compare_masks(got, expected, P, C, R):
                   expected=str(expected[b].int().tolist()), got=str(got[b].int().tolist()))
 
 
-@test("hand case from collate.py: prompt 2, chosen 2, rejected 1 -> positions 0 1 2 3 2",
+@test("hand case from batches.py: prompt 2, chosen 2, rejected 1 -> positions 0 1 2 3 2",
       hint="the rejected response continues from the prompt (position P + j), as if the chosen one were not there")
 def hand_positions(student):
     pos, _ = run(student, [2], [2], [1], 5)
@@ -60,7 +60,7 @@ def hand_positions(student):
                       got=str(pos[0].tolist()))
 
 
-@test("hand case from collate.py: mask[b, t, s] = query t may attend to key s",
+@test("hand case from batches.py: mask[b, t, s] = query t may attend to key s",
       hint="mask[b, t, s] is True when token t may READ token s: s <= t, and s is in the prompt or in t's own part")
 def hand_mask(student):
     _, mask = run(student, [2], [2], [1], 5)

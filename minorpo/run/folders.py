@@ -183,7 +183,9 @@ def _finished(out, step, cfg, log) -> Start:
 
 def write_config(out: Path, cfg):
     """config.json: the settings a run began with (resume and overwrite are what a command did, not settings)."""
-    d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("resume", "overwrite")}
+    own = list(vars(type(cfg)).get("__annotations__", {}))  # the class's own (teaching) fields first, then its groups'
+    names = own + [f.name for f in fields(cfg) if f.name not in own]
+    d = {n: getattr(cfg, n) for n in names if n not in ("resume", "overwrite")}
     atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(d, indent=2)))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from minorpo.errors import UserError
+from minorpo.logprobs import IGNORE_INDEX
 
 BATCH_KEYS = ("chosen_input_ids", "chosen_attention_mask", "chosen_labels",
               "rejected_input_ids", "rejected_attention_mask", "rejected_labels")
@@ -78,8 +79,8 @@ def load_batch(path) -> dict[str, torch.Tensor]:
         raise UserError(f"--batch {path}: {batch['chosen_input_ids'].shape[0]} chosen rows but "
                         f"{batch['rejected_input_ids'].shape[0]} rejected rows")
     for side in ("chosen", "rejected"):
-        if ((batch[f"{side}_labels"] != -100).sum(1) == 0).any():
-            row = int(((batch[f"{side}_labels"] != -100).sum(1) == 0).nonzero()[0])
+        if ((batch[f"{side}_labels"] != IGNORE_INDEX).sum(1) == 0).any():
+            row = int(((batch[f"{side}_labels"] != IGNORE_INDEX).sum(1) == 0).nonzero()[0])
             raise UserError(f"--batch {path}: {side}_labels row {row} has no response token (all -100)")
     return batch
 

@@ -1,4 +1,4 @@
-"""Exercise 7 — the shared-prompt layout: position ids and attention mask          (goes with tutorial 3; collate.py)
+"""Exercise 7 — the shared-prompt layout: position ids and attention mask          (goes with tutorial 3; batches.py)
 
 ORPO runs each pair's prompt twice in the usual layout (once with each response). The shared-prompt layout puts
 [prompt | chosen | rejected | padding] in ONE row, and a mask makes each response see only the prompt and itself,
