@@ -167,7 +167,7 @@ def main(argv=None):
     ax.axhline(TOL, color="red", linestyle=":", label=f"tolerance {TOL:g}")
     ax.set(xlabel="pair (all seeds)", ylabel="relative error (float64)", title="Eq. 8–10 vs autograd, parameter gradients")
     ax.grid(alpha=0.3), ax.legend(fontsize=8)
-    fig.suptitle(f"ORPO gradient — {C.subtitle(args)}")
+    fig.suptitle(f"ORPO gradient\n{C.subtitle(args)}")
     figures = [rec.save_figure(fig, "gradient")]
 
     if "delta_diff_t" in w:

@@ -115,7 +115,7 @@ def main(argv=None):
     for ax in axes:
         ax.set_xlabel("optimizer step (a point per measurement, a line per seed)")
         ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.suptitle(f"Fig. 9 re-run: ORPO with λ ∈ {{{', '.join(f'{x:g}' for x in LAMBDAS)}}} — {C.subtitle(args)}")
+    fig.suptitle(f"Fig. 9 re-run: ORPO with λ ∈ {{{', '.join(f'{x:g}' for x in LAMBDAS)}}}\n{C.subtitle(args)}")
     figures = [rec.save_figure(fig, "fig9_lambda")]
     rec.finish(measured, claims, figures)
 

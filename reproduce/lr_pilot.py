@@ -74,7 +74,7 @@ def main(argv=None):
         ax.plot(c["steps"], c["log_or"], "-o", label=f"lr {k}, trained pairs")
         c = v["curves"]["heldout"]
         ax.plot(c["steps"], c["log_or"], ":o", label=f"lr {k}, held-out pairs")
-    ax.set(xlabel="optimizer step", ylabel="mean log OR (nats, Eq. 5)", title=f"lr pilot, ORPO λ = 1 — {C.subtitle(args)}")
+    ax.set(xlabel="optimizer step", ylabel="mean log OR (nats, Eq. 5)", title=f"lr pilot, ORPO λ = 1\n{C.subtitle(args)}")
     ax.grid(alpha=0.3), ax.legend(fontsize=7)
     figures = [rec.save_figure(fig, "lr_pilot")]
     args.seeds_planned = [0, 1]  # the training scripts' default seeds

@@ -234,7 +234,7 @@ def main(argv=None):
     ax.set_xticks(range(1, len(labels) + 1), labels)
     ax.set(ylabel="wall time per training step (s)", title=f"Step time ({s['time_reps']} interleaved repetitions)")
     ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"ORPO vs DPO vs SFT, batch of {shape['pairs']} pairs x {shape['padded_length']} tokens — {C.subtitle(args)}")
+    fig.suptitle(f"ORPO vs DPO vs SFT, batch of {shape['pairs']} pairs x {shape['padded_length']} tokens\n{C.subtitle(args)}")
     figures = [rec.save_figure(fig, "memory_time")]
 
     mem_v, mem_each = S.combine(mem_tests)

@@ -186,7 +186,7 @@ def plot_training(rec, args, runs_by_seed):
     for ax in axes:
         ax.set_xlabel("optimizer step (a point per measurement, a line per seed)")
         ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.suptitle(f"App. B / Fig. 8: L_SFT + λ·L_PR vs L_SFT + λ·L_OR, λ = {args.settings['lam']:g} — {C.subtitle(args)}")
+    fig.suptitle(f"App. B / Fig. 8: L_SFT + λ·L_PR vs L_SFT + λ·L_OR, λ = {args.settings['lam']:g}\n{C.subtitle(args)}")
     return rec.save_figure(fig, "fig8_training")
 
 

@@ -111,7 +111,7 @@ def main(argv=None):
     for ax in axes:
         ax.set_xlabel(f"optimizer step ({s['train']['batch_size']} pairs; a point per measurement; a line per seed)")
         ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.suptitle(f"Fig. 7 re-run: SFT vs ORPO (λ = {s['lam']:g}), same pairs, same order — {C.subtitle(args)}")
+    fig.suptitle(f"Fig. 7 re-run: SFT vs ORPO (λ = {s['lam']:g}), same pairs, same order\n{C.subtitle(args)}")
     figures = [rec.save_figure(fig, "fig7_orpo_vs_sft")]
     rec.finish(measured, claims, figures)
 

@@ -77,7 +77,7 @@ def main(argv=None):
         C.plot_arm(ax, runs_by_seed, "SFT", which, "chosen", "tab:green", "-", "chosen")
         C.plot_arm(ax, runs_by_seed, "SFT", which, "rejected", "tab:red", "-", "rejected")
         ax.set(title=f"{which} pairs, mean over pairs", ylabel="mean per-token log-prob (nats, Eq. 3)",
-               xlabel="optimizer step (SFT on chosen only; a point per measurement, a line per seed)")
+               xlabel="optimizer step of SFT (a line per seed)")
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
     ax = axes[2]
     for seed, runs in runs_by_seed.items():
@@ -88,7 +88,7 @@ def main(argv=None):
     ax.set(xlabel="change of chosen log-prob (nats)", ylabel="change of rejected log-prob (nats)",
            title="held-out pairs, end − start, one point per pair")
     ax.grid(alpha=0.3), ax.legend(fontsize=8)
-    fig.suptitle(f"Fig. 3 re-run: probability inflation under SFT — {C.subtitle(args)}")
+    fig.suptitle(f"Fig. 3 re-run: probability inflation under SFT\n{C.subtitle(args)}")
     figures = [rec.save_figure(fig, "fig3_sft_logps")]
     rec.finish(measured, claims, figures)
 

@@ -6,6 +6,8 @@
 #     bash reproduce/run_all.sh                      # both models: Gemma 3 270M base, then SmolLM2-135M-Instruct
 #     FAMILIES=base bash reproduce/run_all.sh        # one model
 #     THREADS=1 bash reproduce/run_all.sh            # a machine shared with other jobs (2 threads spin there)
+#     RERUN=1 bash reproduce/run_all.sh              # also the scripts whose result_cpu.json exists (skipped
+#                                                    # otherwise, so a run can be split over several sittings)
 #
 # Order: the judge (once, shared by both models), then per model: the learning-rate pilot (its chosen lr is
 # passed to every training script with --lr; it also predicts each script's time and the most pairs that fit
@@ -21,8 +23,12 @@ TIMES=reproduce/results/run_all_times.txt
 mkdir -p reproduce/results
 echo "# run_all.sh $(date -u +%FT%TZ) on $(nproc) cores, THREADS=$THREADS, load $(cut -d' ' -f1 /proc/loadavg)" >> "$TIMES"
 
-run() {  # run SCRIPT ARGS...: one script, its wall time printed and logged
-    local script=$1; shift
+run() {  # run TAG SCRIPT ARGS...: one script, its wall time printed and logged; TAG: its results/<model> folder
+    local tag=$1 script=$2; shift 2
+    if [[ -z ${RERUN:-} && -f reproduce/results/$tag/$script/result_cpu.json ]]; then  # split over several sittings
+        echo "=== $script $*: results/$tag/$script/result_cpu.json exists, skipped (RERUN=1 runs it again)"
+        return
+    fi
     local t0=$SECONDS
     echo "=== $script $*"
     python "reproduce/$script.py" --results --threads "$THREADS" "$@"
@@ -31,10 +37,10 @@ run() {  # run SCRIPT ARGS...: one script, its wall time printed and logged
     echo "$script $*: $dt s" >> "$TIMES"
 }
 
-run reward_model
+run smollm2-135m-instruct reward_model  # the judge (reward_model.py --judge changes it)
 for fam in $FAMILIES; do
     case $fam in base) tag=gemma-3-270m ;; instruct) tag=smollm2-135m-instruct ;; *) echo "unknown family $fam"; exit 2 ;; esac
-    run lr_pilot --model-family "$fam" --seeds 0
+    run "$tag" lr_pilot --model-family "$fam" --seeds 0
     pilot="reproduce/results/$tag/lr_pilot/result_cpu.json"
     lr=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['measured']['chosen_lr'])" "$pilot")
     pairs() {  # the pilot's sizing: the most pairs whose predicted time fits 30 minutes (cost only, not outcome)
@@ -43,10 +49,10 @@ for fam in $FAMILIES; do
     echo "learning rate for $fam: $lr (lr_pilot.py)"
     for script in probability_inflation orpo_vs_sft odds_vs_probability_ratio lambda_ablation; do
         n=$(pairs "$script")
-        run "$script" --model-family "$fam" --lr "$lr" --train-pairs "$n" --heldout-pairs "$n"
+        run "$tag" "$script" --model-family "$fam" --lr "$lr" --train-pairs "$n" --heldout-pairs "$n"
     done
-    run gradient_formula --model-family "$fam"
-    run memory_and_time --model-family "$fam"
-    run win_rate --model-family "$fam" --lr "$lr" --train-pairs "$(pairs win_rate)"
+    run "$tag" gradient_formula --model-family "$fam"
+    run "$tag" memory_and_time --model-family "$fam"
+    run "$tag" win_rate --model-family "$fam" --lr "$lr" --train-pairs "$(pairs win_rate)"
 done
 python reproduce/summarize.py | tee reproduce/results/summary_cpu.md

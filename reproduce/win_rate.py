@@ -153,7 +153,7 @@ def main(argv=None):
     axes[1].set(xlabel="reward ORPO − reward SFT, per prompt", ylabel="prompts", title="judge's reward difference")
     for ax in axes:
         ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.suptitle(f"Mini Table 2: ORPO vs SFT, judged by a Bradley–Terry reward model — {C.subtitle(args)}")
+    fig.suptitle(f"Mini Table 2: ORPO vs SFT, judged by a Bradley–Terry reward model\n{C.subtitle(args)}")
     figures = [rec.save_figure(fig, "win_rate")]
     rec.finish({"judge": {k: jm[k] for k in ("judge_model", "heldout_accuracy", "heldout_accuracy_se",
                                              "heldout_accuracy_95ci", "heldout_pairs")}, "judge_result": str(judge_path),
