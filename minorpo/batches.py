@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from minorpo.logprobs import IGNORE_INDEX, shift_labels
+from minorpo.loss import nll_count
 
 
 def pad_token_id(tokenizer) -> int:
@@ -290,10 +291,7 @@ def _require(batch: dict, keys: tuple[str, ...], layout: str) -> None:
 
 def count_targets(pairs, preset, pad_id: int) -> dict:
     """The counts a global batch's loss sums are divided by (train.py): its pairs, and its NLL count - the NLL
-    tokens under a token mean, the pairs under a sequence mean. The padded layout's masks; the shared layout has the
+    tokens under a token mean, the pairs under a sequence mean (loss.nll_count). The padded layout's masks; the shared layout has the
     same NLL tokens per pair."""
-    nll_tokens = int(preference_targets(collate_padded(pairs, pad_id), preset, pad_id).nll_mask.sum())
-    token_mean = get_conventions(preset).nll_normalization == "token_mean"
-    if token_mean and nll_tokens == 0:
-        raise ValueError("the NLL mask selects no token in the whole batch")
-    return {"pairs": len(pairs), "nll": nll_tokens if token_mean else len(pairs)}
+    mask = preference_targets(collate_padded(pairs, pad_id), preset, pad_id).nll_mask
+    return {"pairs": len(pairs), "nll": nll_count(mask, get_conventions(preset).nll_normalization)}

@@ -309,6 +309,21 @@ def test_bad_inputs(setup, capsys, tmp_path):
     assert code == 2 and "unknown metric 'rewards/chosn'" in out, out
 
 
+def test_bad_data_fails_before_the_weights_load(setup, capsys, tmp_path, monkeypatch):
+    """A data file with no usable pair is refused, naming --data, before the model's weights are read (the slow
+    step on a real model): load_model is replaced by a function that fails the test if it is reached."""
+    _, _, _, model_dir, _ = setup
+    bad = tmp_path / "empty.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi", "chosen": " ", "rejected": "no"}) + "\n")
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the data was checked")
+
+    monkeypatch.setattr("minorpo.hf.loader.load_model", reached)
+    code, out = run_cli(capsys, "--model", model_dir, "--data", bad, "--loss", "1")
+    assert code == 2 and "--data" in out and "no usable pair" in out, out
+
+
 def test_dump_batch_round_trip(setup, capsys, tmp_path):
     """--dump-batch writes minorpo's batch; fed back with --batch it gives the same table."""
     _, _, _, model_dir, data = setup

@@ -246,7 +246,8 @@ def _examples_batch(args, tokenizer, pad: int):
 def run(args) -> int:
     from minorpo.batches import pad_token_id
     from minorpo.tools.conformance_io import dump_batch, load_batch, load_metrics
-    from minorpo.hf.loader import load
+    from minorpo.hf.loader import load_model, resolve
+    from minorpo.hf.tokenizer import Tokenizer
 
     logged = load_metrics(args.metrics_json, args.log_entry) if args.metrics_json else None
     try:
@@ -257,11 +258,13 @@ def run(args) -> int:
     if (args.batch is None) == (args.data is None):
         raise UserError("pass exactly one of --data (pairs minorpo tokenizes) or --batch (a collated batch file)")
     batch = load_batch(args.batch) if args.batch else None
-    model, tokenizer = load(args.model, dtype=DTYPES[args.dtype], revision=args.revision, device=args.device)
+    folder = resolve(args.model, args.revision)
+    tokenizer = Tokenizer.from_dir(folder)
     pad = pad_token_id(tokenizer)
     what = f"the batch in {args.batch}"
-    if batch is None:
+    if batch is None:  # the data before the weights: a bad row fails before the slow load
         batch, what = _examples_batch(args, tokenizer, pad)
+    model = load_model(folder, dtype=DTYPES[args.dtype], device=args.device)
     if args.dump_batch:
         dump_batch(batch, args.dump_batch)
     official_pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
