@@ -28,10 +28,9 @@ from minorpo.lora import lora_disabled, lora_layers
 
 
 @dataclass
-class LossSpec:
-    method: str = "orpo"  # orpo | sft | dpo | pr (loss.objective_sums)
-    lam: float = 0.1  # ORPO's lambda
-    beta: float = 0.1  # DPO's beta, or the probability ratio's
+class ForwardSpec:
+    """How a micro-batch's log-probs are computed: the layout and the masks' conventions; what the loss does with
+    them (method, lambda, beta) is loss.objective_sums' business."""
     preset: str = "paper"  # loss conventions (batches.PRESETS)
     chunk_size: int = 1024  # tokens per chunk of the log-prob computation; 0 = unchunked ([2B, T, V] logits)
     pad_id: int = 0  # the tokenizer's pad id (the official preset's NLL filter and extra target use it)
@@ -57,7 +56,7 @@ class LossSpec:
         return get_conventions(self.preset).nll_normalization
 
 
-def pair_logps(model, batch: dict, spec: LossSpec) -> TokenLogps:
+def pair_logps(model, batch: dict, spec: ForwardSpec) -> TokenLogps:
     """TokenLogps of a micro-batch in spec.layout: its targets (batches.py), ONE forward, chunked log-probs.
 
     padded batch: chosen_/rejected_ input_ids, attention_mask, labels [B, T*] (batches.collate_padded) -> a forward of the
@@ -173,7 +172,7 @@ def _stack_rows(parts: list, T: int) -> TokenLogps:
 
 
 @torch.no_grad()
-def reference_logps(model, batch: dict, spec: LossSpec, reference=None) -> TokenLogps:
+def reference_logps(model, batch: dict, spec: ForwardSpec, reference=None) -> TokenLogps:
     """DPO's reference log-probs: of the frozen copy `reference`, or of the same model with LoRA switched off."""
     if reference is not None:
         return pair_logps(reference, batch, spec)
@@ -184,7 +183,7 @@ def reference_logps(model, batch: dict, spec: LossSpec, reference=None) -> Token
 
 
 @torch.no_grad()
-def heldout_logps(model, pairs, spec: LossSpec, batch_size: int, device, on_batch=None):
+def heldout_logps(model, pairs, spec: ForwardSpec, batch_size: int, device, on_batch=None):
     """(a [N], b [N], nll_sum, nll_tokens) of held-out pairs under the paper preset: the mean log-probs of each chosen
     and rejected response (Eq. 3, float32) and the summed NLL of the chosen responses with its token count.
     on_batch(done, total, n): called after each batch (progress)."""
@@ -201,7 +200,7 @@ def heldout_logps(model, pairs, spec: LossSpec, batch_size: int, device, on_batc
     return torch.cat(a_all), torch.cat(b_all), nll_sum, nll_n
 
 
-def evaluate(model, pairs, spec: LossSpec, batch_size: int, device, on_batch=None) -> dict:
+def evaluate(model, pairs, spec: ForwardSpec, batch_size: int, device, on_batch=None) -> dict:
     """Held-out metrics: mean log-probs of chosen and rejected (Eq. 3), log odds ratio (Eq. 5), preference
     accuracy (fraction with log OR > 0), NLL of chosen responses (per-token mean over all held-out tokens),
     and the odds-ratio loss (Eq. 7), all under the paper preset."""

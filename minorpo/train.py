@@ -35,7 +35,7 @@ from minorpo.errors import UserError
 from minorpo.fast.buckets import bucketed_step_indices
 from minorpo.fast.config import SpeedConfig
 from minorpo.fast.master import MasterWeights
-from minorpo.forward import LossSpec, evaluate, pair_logps, reference_logps
+from minorpo.forward import ForwardSpec, evaluate, pair_logps, reference_logps
 from minorpo.hf.loader import DTYPES, load_model, resolve, save, source_dtype
 from minorpo.hf.peft import save_peft_adapter
 from minorpo.hf.tokenizer import Tokenizer
@@ -256,9 +256,8 @@ def _train(cfg: TrainConfig, device, ddp, fsdp, model, tokenizer, pairs, start: 
         folders.write_run_info(out, device, ddp.world)  # command, versions, hardware
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    spec = LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset, chunk_size=cfg.chunk_size,
-                    pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded, attention=cfg.attention,
-                    compiled_head=cfg.compile)
+    spec = ForwardSpec(preset=cfg.preset, chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout,
+                       unpadded=cfg.unpadded, attention=cfg.attention, compiled_head=cfg.compile)
     lengths = [row_length(p, cfg.layout) for p in train_set]
 
     def held_out(step):

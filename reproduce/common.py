@@ -437,10 +437,10 @@ def load_pairs(args, tokenizer, n: int | None = None) -> list:
 
 def pair_logps(model, pairs, pad_id: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b): mean per-token log-probs (Eq. 3) of the chosen and rejected responses of every pair, no grad."""
-    from minorpo.forward import LossSpec, heldout_logps
+    from minorpo.forward import ForwardSpec, heldout_logps
 
     model.eval()
-    a, b, _, _ = heldout_logps(model, pairs, LossSpec(pad_id=pad_id), batch_size, device)
+    a, b, _, _ = heldout_logps(model, pairs, ForwardSpec(pad_id=pad_id), batch_size, device)
     return a.double().cpu(), b.double().cpu()
 
 
@@ -501,7 +501,7 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
     it (all arms of a seed start from the same weights).
     """
     from minorpo.batches import collate, count_targets, pad_token_id
-    from minorpo.forward import LossSpec, pair_logps
+    from minorpo.forward import ForwardSpec, pair_logps
     from minorpo.loss import metric_shares, objective_sums
     from minorpo.train import TrainConfig, lr_lambda, step_indices
 
@@ -522,8 +522,8 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
         model.to(device)
     else:
         model.requires_grad_(True)
-    spec = LossSpec(method=cfg.method, lam=cfg.lam, beta=cfg.beta, preset=cfg.preset, chunk_size=cfg.chunk_size,
-                    pad_id=pad_id, layout=cfg.layout, unpadded=cfg.unpadded)
+    spec = ForwardSpec(preset=cfg.preset, chunk_size=cfg.chunk_size, pad_id=pad_id, layout=cfg.layout,
+                       unpadded=cfg.unpadded)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))

@@ -52,10 +52,10 @@ PRESETS = {
 def chosen_rejected_logps(model, pair, pad_id, device):
     """a, b (0-dim, with grad): Eq. 3 mean log-probs of one pair's chosen and rejected responses."""
     from minorpo.batches import collate
-    from minorpo.forward import LossSpec, pair_logps
+    from minorpo.forward import ForwardSpec, pair_logps
     from minorpo.logprobs import sequence_logps
 
-    tl = pair_logps(model, collate([pair], pad_id, device), LossSpec(preset="paper", pad_id=pad_id))
+    tl = pair_logps(model, collate([pair], pad_id, device), ForwardSpec(preset="paper", pad_id=pad_id))
     return sequence_logps(tl.chosen, tl.chosen_mask)[0], sequence_logps(tl.rejected, tl.rejected_mask)[0]
 
 

@@ -36,6 +36,7 @@ import stats as S  # noqa: E402
 CLAIM_MEMORY = "ORPO needs about half the memory of DPO (no frozen reference model)."
 CLAIM_TIME = "An ORPO step costs about 2x an SFT step (chosen and rejected responses instead of chosen only)."
 METHODS = ("sft", "orpo", "dpo")
+LAM, BETA = 1.0, 0.1  # ORPO's lambda, DPO's beta (the memory and the time do not depend on them)
 HALF = (0.4, 0.6)  # "about half": the ORPO / DPO peak-memory ratio within this range
 TWICE = (1.6, 2.4)  # "about 2x": the ORPO / SFT step-time ratio's 95% interval inside this range
 
@@ -88,7 +89,7 @@ class Setup:
         else:  # as train.py's step loop
             tl = pair_logps(self.model, batch, spec)
             ref = reference_logps(self.model, batch, spec, self.reference) if self.method == "dpo" else None
-            nll, pairs, _ = objective_sums(tl, spec.method, spec.lam, spec.beta, spec.nll_normalization, ref)
+            nll, pairs, _ = objective_sums(tl, self.method, LAM, BETA, spec.nll_normalization, ref)
             loss = nll / counts["nll"] + pairs / counts["pairs"]
         loss.backward()
         self.optimizer.step()
@@ -128,7 +129,7 @@ def measure_memory(base, mode, method, r, batch, spec, counts, device) -> tuple[
 
 
 def time_steps(base, mode, r, batch, specs, counts, device, reps) -> dict:
-    """Wall time per step of each method (specs: method -> LossSpec), interleaved, after one warm-up step each."""
+    """Wall time per step of each method (specs: method -> ForwardSpec), interleaved, after one warm-up step each."""
     setups = {m: Setup(base, mode, m, r, device) for m in METHODS}
     times = {m: [] for m in METHODS}
     for rep in range(reps + 1):
@@ -162,7 +163,7 @@ def main(argv=None):
     rec = C.Recorder(args, "memory_and_time")
     s = args.settings
     from minorpo.batches import collate, count_targets, pad_token_id
-    from minorpo.forward import LossSpec
+    from minorpo.forward import ForwardSpec
 
     base, tok = C.load_model(args)
     base.requires_grad_(False)
@@ -171,8 +172,8 @@ def main(argv=None):
     pairs = sorted(C.load_pairs(args, tok, 64), key=lambda p: -(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))))
     chosen = pairs[: s["batch_size"]]
     batch = collate(chosen, pad_id, rec.device)
-    spec_kw = dict(lam=1.0, beta=0.1, preset="paper", pad_id=pad_id)
-    specs = {m: LossSpec(method=m, **spec_kw) for m in METHODS}  # "sft" only gives sft_step_loss its chunk size
+    spec = ForwardSpec(preset="paper", pad_id=pad_id)  # the same forward for every method
+    specs = {m: spec for m in METHODS}  # "sft" only gives sft_step_loss its chunk size
     counts = count_targets(chosen, "paper", pad_id)
     shape = {"pairs": len(chosen), "padded_length": int(batch["chosen_input_ids"].shape[1]),
              "params": sum(p.numel() for p in base.parameters())}

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     from minorpo.batches import collate, count_targets, pad_token_id
     from minorpo.data import build_examples
-    from minorpo.forward import LossSpec, pair_logps
+    from minorpo.forward import ForwardSpec, pair_logps
     from minorpo.loss import objective_sums
     from minorpo.hf.loader import load
     dev = torch.device(args.device)
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     pairs = build_examples(((r["where"], r) for r in plan["rows"]), tok, benchmark.data_config()).examples
     batches = [pairs[i * args.batch_size:(i + 1) * args.batch_size] for i in range(args.steps)]
     pad = pad_token_id(tok)
-    spec = LossSpec(method="orpo", lam=0.1, preset="trl", pad_id=pad, layout=args.layout, attention=args.attention)
+    spec = ForwardSpec(preset="trl", pad_id=pad, layout=args.layout, attention=args.attention)
     params = [p for p in model.parameters() if p.requires_grad]
     master = None
     if args.precision == "bf16-weights":  # the optimizer updates float32 copies, as train() does

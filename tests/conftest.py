@@ -79,9 +79,9 @@ def logits_loss(chosen_logits, rejected_logits, batch, preset="paper", lam=None,
 def model_loss(model, batch, preset="paper", lam=None, pad_token_id=0, chunk_size=1024, layout="padded"):
     """(loss, metrics) of a batch through the model (one forward, chunked log-probs): forward.pair_logps, then
     preset_loss."""
-    from minorpo.forward import LossSpec, pair_logps
+    from minorpo.forward import ForwardSpec, pair_logps
 
-    spec = LossSpec(preset=preset, pad_id=pad_token_id, chunk_size=chunk_size, layout=layout)
+    spec = ForwardSpec(preset=preset, pad_id=pad_token_id, chunk_size=chunk_size, layout=layout)
     return preset_loss(pair_logps(model, batch, spec), preset, lam)
 
 

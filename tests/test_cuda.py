@@ -31,7 +31,7 @@ import torch
 
 from minorpo.batches import collate, count_targets, pad_token_id
 from minorpo.data import DataConfig, load_preferences
-from minorpo.forward import LossSpec, pair_logps
+from minorpo.forward import ForwardSpec, pair_logps
 from minorpo.hf.loader import load
 from minorpo.hf.tokenizer import Tokenizer
 from minorpo.loss import objective_sums
@@ -141,8 +141,7 @@ def _loss_and_grads(files, dtype, dev, layout, preset="paper", autocast=False, c
     model, _ = load(folder, dtype=dtype)
     model.to(dev)
     pairs, pad, batch = _batch(folder, data, layout, dev)
-    spec = LossSpec(method="orpo", lam=0.5, preset=preset, chunk_size=chunk, pad_id=pad, layout=layout,
-                    attention=attention)
+    spec = ForwardSpec(preset=preset, chunk_size=chunk, pad_id=pad, layout=layout, attention=attention)
     counts = count_targets(pairs, preset, pad)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):  # as train.py's step loop
         nll, pair_sum, _ = objective_sums(pair_logps(model, batch, spec), "orpo", 0.5, 0.1, spec.nll_normalization)

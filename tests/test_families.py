@@ -24,7 +24,7 @@ from tiny_models import ARCHS, saved
 from minorpo.batches import collate_padded, collate_shared_prompt
 from minorpo.hf.config import ModelConfig
 from minorpo.errors import UserError
-from minorpo.forward import LossSpec, pair_logps
+from minorpo.forward import ForwardSpec, pair_logps
 from minorpo.hf.loader import CheckpointError, load_model
 from minorpo.logprobs import ChunkedTokenLogps, sequence_logps, softcap, token_logps, token_logps_reference
 
@@ -134,8 +134,8 @@ def test_layout_logps_equal_each_other_and_transformers(pair, arch):
     pairs = random_pairs()
     padded, shared = collate_padded(pairs, 0), collate_shared_prompt(pairs, 0)
     with torch.no_grad():
-        a = pair_logps(ours, padded, LossSpec(preset="paper", pad_id=0, chunk_size=5))
-        b = pair_logps(ours, shared, LossSpec(preset="paper", pad_id=0, chunk_size=5, layout="shared"))
+        a = pair_logps(ours, padded, ForwardSpec(preset="paper", pad_id=0, chunk_size=5))
+        b = pair_logps(ours, shared, ForwardSpec(preset="paper", pad_id=0, chunk_size=5, layout="shared"))
     for side in ("chosen", "rejected"):
         got_padded = sequence_logps(getattr(a, side), getattr(a, f"{side}_mask"))
         got_shared = sequence_logps(getattr(b, side), getattr(b, f"{side}_mask"))

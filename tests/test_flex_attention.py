@@ -13,7 +13,7 @@ import torch
 
 from conftest import assert_close
 from minorpo.batches import collate_shared_prompt
-from minorpo.forward import LossSpec, pair_logps
+from minorpo.forward import ForwardSpec, pair_logps
 from minorpo.data import DataConfig, load_preferences
 from minorpo.fast.flex import block_mask as flex_block_mask
 from minorpo.hf.loader import load
@@ -53,13 +53,13 @@ def test_forward_equals_sdpa_with_the_dense_mask(inputs):
 
 @pytest.mark.parametrize("unpadded", [False, True])
 def test_token_logps_equal_sdpa(inputs, unpadded):
-    """forward.pair_logps (what training differentiates) with LossSpec(attention="flex") vs "sdpa"."""
+    """forward.pair_logps (what training differentiates) with ForwardSpec(attention="flex") vs "sdpa"."""
     model, tok, pairs = _model_and_pairs(inputs)
     batch = collate_shared_prompt(pairs[6:10], 0)
     out = {}
     with torch.no_grad():
         for attention in ("sdpa", "flex"):
-            spec = LossSpec(layout="shared", unpadded=unpadded, attention=attention, chunk_size=16)
+            spec = ForwardSpec(layout="shared", unpadded=unpadded, attention=attention, chunk_size=16)
             out[attention] = pair_logps(model, batch, spec)
     for field in ("chosen", "rejected"):
         assert_close(getattr(out["flex"], field), getattr(out["sdpa"], field), rtol=RTOL, atol=1e-12, what=field)
@@ -95,9 +95,9 @@ def test_skipped_blocks_are_those_the_mask_rules_out():
 
 def test_flex_needs_the_shared_layout_and_cuda(inputs, tmp_path):
     with pytest.raises(ValueError, match="flex.*shared"):
-        LossSpec(layout="padded", attention="flex")
+        ForwardSpec(layout="padded", attention="flex")
     with pytest.raises(ValueError, match="attention must be"):
-        LossSpec(layout="shared", attention="flash")
+        ForwardSpec(layout="shared", attention="flash")
     folder, data = inputs
     cfg = TrainConfig(model=str(folder), data=str(data), out=str(tmp_path / "run"), layout="shared", attention="flex",
                       device="cpu", max_steps=1, progress=False)

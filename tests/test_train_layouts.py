@@ -19,7 +19,7 @@ import torch
 
 from conftest import assert_close
 from minorpo.batches import row_length
-from minorpo.forward import LossSpec
+from minorpo.forward import ForwardSpec
 from minorpo.fast.buckets import bucketed_step_indices
 from minorpo.hf.loader import load
 from minorpo.train import step_indices
@@ -110,11 +110,11 @@ def test_unchunked_log_probs_step_equals_chunked(inputs, tmp_path):
 
 def test_loss_spec_rejects_unknown_layout_and_unchunked_shared():
     with pytest.raises(ValueError, match="layout must be 'padded' or 'shared'"):
-        LossSpec(layout="packed")
+        ForwardSpec(layout="packed")
     with pytest.raises(ValueError, match="chunk_size=0"):
-        LossSpec(layout="shared", chunk_size=0)
+        ForwardSpec(layout="shared", chunk_size=0)
     with pytest.raises(ValueError, match="unpadded rows"):
-        LossSpec(layout="padded", unpadded=True)
+        ForwardSpec(layout="padded", unpadded=True)
 
 
 def test_length_buckets_keep_each_windows_pairs_and_cut_padding(inputs):

@@ -7,7 +7,7 @@ CompiledChunkedTokenLogps takes the same arguments and runs the same steps, the 
 torch.compile'd kernels that read each [C, V] block once. The matmuls are unchanged.
 
 It is chosen explicitly: logprobs.token_logps(..., head=CompiledChunkedTokenLogps), which the training loop's
-forward does when its LossSpec says compiled_head (set by --compile).
+forward does when its ForwardSpec says compiled_head (set by --compile).
 
 Same results: tests/test_logprobs.py::test_compiled_head_equals_plain_path (float64 to 1e-12; float32 to a few
 ulps, the reason written there).
