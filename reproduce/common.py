@@ -530,7 +530,8 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     mb = 2 * cfg.batch_size  # measurement batch: no grad, so twice the training batch fits
     sets = {k: v for k, v in (("trained", trained), ("heldout", heldout)) if v}  # win_rate.py: no held-out set
-    out = {"steps": [], "rows": [], **{k: {"a": [], "b": []} for k in sets}}
+    out = {"steps": [], "rows": [], **{k: {"a": [], "b": []} for k in sets},
+           "where": {k: [getattr(p, "where", "") for p in v] for k, v in sets.items()}}  # each pair's source row (file:line)
 
     def record(step, m):
         out["steps"].append(step)
@@ -612,11 +613,16 @@ def begin(run: dict, which: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def curves(run: dict, which: str) -> dict:
-    """Means over the set's pairs at each measured step: chosen, rejected, log OR (for the plots)."""
+    """Means over the set's pairs at each measured step: chosen, rejected, log OR (for the plots); and, for
+    anyone re-analysing the JSON, every pair's a and b at each measured step ([steps][pairs], nats) and its
+    source row."""
     from minorpo.loss import log_odds_ratio
     a, b = run[which]["a"], run[which]["b"]
     return {"steps": run["steps"], "chosen": a.mean(1).tolist(), "rejected": b.mean(1).tolist(),
-            "log_or": log_odds_ratio(a.double(), b.double()).mean(1).tolist()}
+            "log_or": log_odds_ratio(a.double(), b.double()).mean(1).tolist(),
+            "per_pair": {"a": [[round(float(x), 5) for x in row] for row in a],
+                         "b": [[round(float(x), 5) for x in row] for row in b],
+                         "rows": run.get("where", {}).get(which)}}
 
 
 def table2_split(pairs: list) -> dict:
