@@ -291,7 +291,7 @@ def _require(batch: dict, keys: tuple[str, ...], layout: str) -> None:
 
 def count_targets(pairs, preset, pad_id: int) -> dict:
     """The counts a global batch's loss sums are divided by (train.py): its pairs, and its NLL count - the NLL
-    tokens under a token mean, the pairs under a sequence mean (loss.nll_count). The padded layout's masks; the shared layout has the
-    same NLL tokens per pair."""
+    tokens under a token mean, the pairs under a sequence mean (loss.nll_count). The padded layout's masks; the
+    shared layout has the same NLL tokens per pair."""
     mask = preference_targets(collate_padded(pairs, pad_id), preset, pad_id).nll_mask
     return {"pairs": len(pairs), "nll": nll_count(mask, get_conventions(preset).nll_normalization)}

@@ -531,7 +531,7 @@ def train_measured(args, model, tok, trained: list, heldout: list, method: str, 
     mb = 2 * cfg.batch_size  # measurement batch: no grad, so twice the training batch fits
     sets = {k: v for k, v in (("trained", trained), ("heldout", heldout)) if v}  # win_rate.py: no held-out set
     out = {"steps": [], "rows": [], **{k: {"a": [], "b": []} for k in sets},
-           "where": {k: [getattr(p, "where", "") for p in v] for k, v in sets.items()}}  # each pair's source row (file:line)
+           "where": {k: [p.where for p in v] for k, v in sets.items()}}  # each pair's source row (file:line)
 
     def record(step, m):
         out["steps"].append(step)
@@ -622,7 +622,7 @@ def curves(run: dict, which: str) -> dict:
             "log_or": log_odds_ratio(a.double(), b.double()).mean(1).tolist(),
             "per_pair": {"a": [[round(float(x), 5) for x in row] for row in a],
                          "b": [[round(float(x), 5) for x in row] for row in b],
-                         "rows": run.get("where", {}).get(which)}}
+                         "rows": run["where"][which]}}
 
 
 def table2_split(pairs: list) -> dict:

@@ -128,8 +128,8 @@ def measure_memory(base, mode, method, r, batch, spec, counts, device) -> tuple[
     return peak, breakdown
 
 
-def time_steps(base, mode, r, batch, specs, counts, device, reps) -> dict:
-    """Wall time per step of each method (specs: method -> ForwardSpec), interleaved, after one warm-up step each."""
+def time_steps(base, mode, r, batch, spec, counts, device, reps) -> dict:
+    """Wall time per step of each method (the same ForwardSpec for all), interleaved, after one warm-up step each."""
     setups = {m: Setup(base, mode, m, r, device) for m in METHODS}
     times = {m: [] for m in METHODS}
     for rep in range(reps + 1):
@@ -137,7 +137,7 @@ def time_steps(base, mode, r, batch, specs, counts, device, reps) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            setups[m].step(batch, specs[m], counts)
+            setups[m].step(batch, spec, counts)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if rep:  # rep 0 is the warm-up
@@ -172,8 +172,7 @@ def main(argv=None):
     pairs = sorted(C.load_pairs(args, tok, 64), key=lambda p: -(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))))
     chosen = pairs[: s["batch_size"]]
     batch = collate(chosen, pad_id, rec.device)
-    spec = ForwardSpec(preset="paper", pad_id=pad_id)  # the same forward for every method
-    specs = {m: spec for m in METHODS}  # "sft" only gives sft_step_loss its chunk size
+    spec = ForwardSpec(preset="paper", pad_id=pad_id)  # the same forward for every method ("sft": its chunk size)
     counts = count_targets(chosen, "paper", pad_id)
     shape = {"pairs": len(chosen), "padded_length": int(batch["chosen_input_ids"].shape[1]),
              "params": sum(p.numel() for p in base.parameters())}
@@ -183,11 +182,11 @@ def main(argv=None):
     for mode in s["memory_modes"]:
         for m in METHODS:
             memory[f"{mode}/{m}"], breakdowns[f"{mode}/{m}"] = measure_memory(base, mode, m, s["lora_r"], batch,
-                                                                              specs[m], counts, rec.device)
+                                                                              spec, counts, rec.device)
             print(f"  peak memory {mode:4s} {m:4s}: {memory[f'{mode}/{m}'] / 2**20:8.1f} MiB", flush=True)
     times, ratios = {}, {}
     for mode in s["time_modes"]:
-        t = time_steps(base, mode, s["lora_r"], batch, specs, counts, rec.device, s["time_reps"])
+        t = time_steps(base, mode, s["lora_r"], batch, spec, counts, rec.device, s["time_reps"])
         for m in METHODS:
             times[f"{mode}/{m}"] = t[m]
             print(f"  step time {mode:4s} {m:4s}: median {statistics.median(t[m]):.3f} s over {len(t[m])}", flush=True)
