@@ -91,7 +91,11 @@ def main(argv=None):
 SCRIPTS = {"probability_inflation": (1, 4), "orpo_vs_sft": (2, 4), "lambda_ablation": (3, 4),
            "odds_vs_probability_ratio": (2, 6), "win_rate": (2, 4)}
 BUDGET_S = 30 * 60  # each script <= 30 minutes (issue 13)
-WIN_RATE_EXTRA_S = 10 * 60  # win_rate.py's generation (2 x 2 x 200 prompts) and judging, not measured by the pilot
+# win_rate.py's generation (2 seeds x 2 arms x 200 prompts x 48 tokens) and judging, which the pilot does not
+# measure, counted in training steps of the same model: Gemma 3 270M's run of 2026-12-02 spent 1,069 s on them
+# (2,134 s in all, 1,065 s predicted for its training) at 11.1 s a step, 96 steps' worth. The fixed 10 minutes
+# used before under-predicted that run by 1.28x (35.6 min against a 30-minute budget).
+WIN_RATE_EXTRA_STEPS = 96
 
 
 def predict(args, measured: dict, n: int | None = None) -> dict:
@@ -106,7 +110,7 @@ def predict(args, measured: dict, n: int | None = None) -> dict:
         steps = n // s["train"]["batch_size"] * epochs
         meas = -(-epochs // s["measure_every_epochs"])
         m = 0 if name == "win_rate" else 2 * n * per_pair
-        extra = WIN_RATE_EXTRA_S if name == "win_rate" else 0
+        extra = WIN_RATE_EXTRA_STEPS * measured["median_step_s"] if name == "win_rate" else 0
         out[name] = len(args.seeds_planned) * (arms * (steps * measured["median_step_s"] + meas * m) + m) + extra
     return out
 
