@@ -34,8 +34,6 @@ def main(argv=None) -> int:
     print(f"| claim | model | verdict (per seed) | measured, {args.preset} preset | script, wall time |")
     print("|---|---|---|---|---|")
     for model, script, r in records(Path(args.results), args.preset):
-        if "claims" not in r:  # a record of the earlier one-verdict design: to be re-run
-            continue
         hw = r["hardware"]
         for name, c in r["claims"].items():
             seeds = ", ".join(f"{s}: {v}" for s, v in c["per_seed"].items())
